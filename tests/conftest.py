@@ -1,0 +1,84 @@
+"""Shared test fixtures: the taming fixture checkpoints, a tiny real open_clip model, an isolated cache."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "taming"
+
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"taming fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def reference(fixtures):
+    import torch
+
+    return torch.load(fixtures / "reference_outputs.pt", weights_only=True)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache and config, and no network for Hugging Face."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("VQCLIP_CACHE", str(home / "cache"))
+    monkeypatch.setenv("VQCLIP_CONFIG", str(home / "config.toml"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("VQCLIP_OFFLINE", raising=False)
+    return home
+
+
+def make_tiny_clip(directory: Path, name: str = "TinyCLIP-test", seed: int = 0) -> str:
+    """A tiny real open_clip model saved as CONFIG.json + weights; returns the --clip value for it."""
+    import open_clip
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg_path = directory / f"{name}.json"
+    cfg_path.write_text(json.dumps(TINY_CLIP_CFG))
+    open_clip.add_model_config(str(cfg_path))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name)
+    weights = directory / f"{name}.pt"
+    torch.save(model.state_dict(), weights)
+    return f"{cfg_path}:{weights}"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip2(tmp_path_factory) -> str:
+    return make_tiny_clip(tmp_path_factory.mktemp("clip2"), name="TinyCLIP-two", seed=1)
+
+
+def run_cli(*args, cwd=None, env=None, input=None, timeout=300):
+    """Run `python -m vqclip ...` as a real subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "vqclip", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+    )

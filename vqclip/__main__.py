@@ -1,0 +1,3 @@
+from vqclip.cli import main
+
+main()

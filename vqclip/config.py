@@ -1,0 +1,112 @@
+"""Frozen dataclasses holding every setting of a run: one source of truth that the CLI maps onto.
+
+Validation that needs no model lives in `__post_init__`, so bad input fails before anything loads.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+from vqclip.errors import UsageError
+from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
+
+AUGMENTS = ("affine", "perspective", "jitter", "erasing", "flip", "sharpness")
+DEFAULT_AUGMENTS = ("affine", "perspective", "jitter", "erasing")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INITS = ("tokens", "noise")
+MAX_SIDE = 8192  # pixels; far beyond any GPU today, catches typos like --size 51200
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512' -> (512, 512); '640x360' -> (640, 360) as (width, height)."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"Size {text!r} is not a number or WIDTHxHEIGHT (e.g. 512 or 640x360).") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise UsageError(f"Size {text!r} is not a number or WIDTHxHEIGHT (e.g. 512 or 640x360).")
+    return values[0], values[1]
+
+
+def round_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """The nearest multiple of the VQGAN factor on each side (at least one token)."""
+    return tuple(max(factor, int(round(s / factor)) * factor) for s in size)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Everything that decides the image. Stored in the PNG so `vqclip replay` can rerun it."""
+
+    prompt: str = ""  # "text:weight:stop", "|" between prompts, "^" between story phases
+    size: tuple[int, int] | None = None  # (width, height) in pixels; None: 512 on CUDA, 256 elsewhere
+    steps: int = 300  # optimisation steps
+    seed: int | None = None  # None: a random seed, recorded in the output
+    cutn: int = 32  # cutouts per step fed to CLIP
+    cut_pow: float = 1.0  # cutout size distribution: >1 favours small cutouts
+    lr: float = 0.1  # Adam step size on the latent
+    init: str = "tokens"  # start from random codebook tokens or from an encoded noise image
+    init_image: str | None = None  # start from this image (encoded), overrides `init`
+    init_weight: float = 0.0  # pull the latent towards its initial value (0 = free)
+    image_prompts: tuple[str, ...] = ()  # "PATH[:weight[:stop]]"
+    noise_prompts: tuple[str, ...] = ()  # "SEED[:weight]": a random CLIP embedding
+    change_prompt_every: int = 0  # steps per story phase; 0 = the steps split evenly
+    vqgan: str = DEFAULT_VQGAN  # registry name or checkpoint path
+    vqgan_config: str | None = None  # the yaml for a checkpoint path (default: found beside it)
+    clip: tuple[str, ...] = (DEFAULT_CLIP,)  # one or more CLIP models; their losses add
+    augment: tuple[str, ...] = DEFAULT_AUGMENTS  # kornia augmentations applied to the cutouts
+    noise_fac: float = 0.1  # maximum std of the noise added to each cutout
+    device: str = "auto"  # auto picks CUDA, then MPS, then the CPU
+    precision: str = "auto"  # auto: bf16 autocast where the hardware runs it fast, else fp32
+
+    def __post_init__(self):
+        if not self.prompt.strip() and not self.image_prompts and not self.noise_prompts:
+            raise UsageError("The prompt is empty: give a text prompt, an --image-prompt or a --noise-prompt.")
+        if self.size is not None:
+            w, h = self.size
+            if min(w, h) < 8:
+                raise UsageError(f"Size {w}x{h} is too small: each side needs at least one VQGAN token.")
+            if max(w, h) > MAX_SIDE:
+                raise UsageError(f"Size {w}x{h} is too large: each side can be at most {MAX_SIDE} pixels.")
+        _positive("steps", self.steps)
+        _positive("cutn", self.cutn)
+        if self.steps > 1_000_000:
+            raise UsageError(f"--steps {self.steps} is absurdly large.")
+        if self.cut_pow <= 0:
+            raise UsageError(f"--cut-pow must be positive, not {self.cut_pow}.")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, not {self.lr}.")
+        if self.change_prompt_every < 0:
+            raise UsageError("--change-prompt-every cannot be negative.")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be between 0 and 2**63-1, not {self.seed}.")
+        _choice("init", self.init, INITS)
+        _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
+        for name in self.augment:
+            _choice("augment", name, AUGMENTS)
+        if not self.clip:
+            raise UsageError("At least one --clip model is needed.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationConfig":
+        known = {f.name for f in fields(cls)}
+        clean = {k: v for k, v in data.items() if k in known}
+        for key in ("image_prompts", "noise_prompts", "clip", "augment", "size"):
+            if isinstance(clean.get(key), list):
+                clean[key] = tuple(clean[key])
+        return cls(**clean)
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {value}.")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"--{name} {value!r} is not one of {', '.join(choices)}.")

@@ -1,0 +1,1 @@
+"""Model definitions: built from a config with random weights; `vqclip.loading` fills them from checkpoints."""

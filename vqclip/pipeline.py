@@ -1,0 +1,290 @@
+"""The generation pipeline: config -> models -> prompts -> optimisation -> image, for the API and CLI.
+
+`generate(prompt, config)` is the public entry point; `load_models` lets a batch load the models once.
+"""
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from vqclip import __version__
+from vqclip.config import GenerationConfig, round_size
+from vqclip.errors import UsageError
+from vqclip.images import load_image, to_pil
+from vqclip.optimize import Guide, Target, optimize, synth
+from vqclip.prompts import parse_prompt, parse_story, phase_at
+
+
+@dataclass
+class Models:
+    """Everything loaded once and reused across prompts."""
+
+    vqgan: torch.nn.Module
+    vqgan_sha256: str | None
+    clips: list  # list[ClipModel]
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+
+
+@dataclass
+class Result:
+    image: object  # PIL.Image
+    config: GenerationConfig  # with the seed and size filled in
+    loss: float
+    seconds: float
+    steps_done: int
+    models: dict  # names and sha256 of the models used
+
+    def record(self) -> dict:
+        """The `vqclip` PNG metadata: every setting, the seed, the models and the version."""
+        return {
+            "version": __version__,
+            "config": self.config.to_dict(),
+            "seed": self.config.seed,
+            "models": self.models,
+            "loss": self.loss,
+            "steps_done": self.steps_done,
+        }
+
+    def parameters(self) -> str:
+        """The `parameters` text chunk, in the convention other text-to-image tools read."""
+        c = self.config
+        w, h = c.size
+        return (
+            f"{c.prompt}\nSteps: {self.steps_done}, Seed: {c.seed}, Size: {w}x{h}, "
+            f"Model: {Path(c.vqgan).name}, CLIP: {', '.join(c.clip)}, Cutouts: {c.cutn}, "
+            f"Learning rate: {c.lr}, Version: vqclip {__version__}"
+        )
+
+
+# ---- device and precision ----------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA device is available.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for, but MPS is not available.")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls and convolutions run about twice as fast as fp32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). auto: bf16 on Ampere+ GPUs and bf16-capable CPUs, else fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return None
+
+
+def autocast_for(models: Models):
+    if models.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(models.device.type, dtype=models.dtype)
+
+
+# ---- validation and loading --------------------------------------------------------------------
+
+
+def check_inputs(cfg: GenerationConfig) -> None:
+    """Everything about a config that can be checked without loading a model."""
+    from vqclip.models.clip import parse_clip_name
+    from vqclip.registry import get_spec, looks_like_path
+
+    parse_story(cfg.prompt)
+    for item in cfg.image_prompts:
+        prompt = parse_prompt(item)
+        if not Path(prompt.text).expanduser().is_file():
+            raise UsageError(f"Image prompt {prompt.text} does not exist.")
+    for item in cfg.noise_prompts:
+        prompt = parse_prompt(item)
+        if not prompt.text.isdigit():
+            raise UsageError(f"Noise prompt {item!r} should be SEED[:weight], e.g. 42:0.5.")
+    if cfg.init_image is not None and not Path(cfg.init_image).expanduser().is_file():
+        raise UsageError(f"Init image {cfg.init_image} does not exist.")
+    if looks_like_path(cfg.vqgan):
+        if not Path(cfg.vqgan).expanduser().is_file():
+            raise UsageError(f"VQGAN checkpoint {cfg.vqgan} does not exist.")
+    else:
+        spec = get_spec(cfg.vqgan)
+        if spec.kind not in ("vqgan", "transformer"):
+            raise UsageError(f"{cfg.vqgan} is a {spec.kind} model, not a VQGAN.")
+    for name in cfg.clip:
+        parse_clip_name(name)
+
+
+def load_models(cfg: GenerationConfig, offline: bool | None = None, quiet: bool = False) -> Models:
+    """Load (downloading on first use) the VQGAN and CLIP models a config names, frozen, on its device."""
+    from vqclip.loading import load_vqgan
+    from vqclip.models.clip import load_clip
+
+    device = resolve_device(cfg.device)
+    vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, quiet=quiet)
+    clips = [load_clip(name, device=device, offline=offline) for name in cfg.clip]
+    return Models(vqgan, _vqgan_sha256(cfg.vqgan), clips, device, resolve_precision(cfg.precision, device))
+
+
+def _vqgan_sha256(name: str) -> str | None:
+    from vqclip.download import read_stamp, sha256_file
+    from vqclip.registry import fetch_model, looks_like_path
+
+    if looks_like_path(name):
+        return sha256_file(Path(name).expanduser())
+    local = fetch_model(name, kind="vqgan", offline=True)  # already fetched by load_vqgan
+    return (read_stamp(local.checkpoint) or {}).get("sha256")
+
+
+# ---- the job -----------------------------------------------------------------------------------
+
+
+def _targets(models: Models, cfg: GenerationConfig) -> list[Guide]:
+    from vqclip.cutouts import Cutouts
+
+    phases = parse_story(cfg.prompt) or [[]]
+    guides = []
+    for clip in models.clips:
+        extra = []
+        for item in cfg.image_prompts:
+            p = parse_prompt(item)
+            pixels = load_image(p.text, clip.input_size, clip.input_size).to(models.device)
+            with torch.no_grad():
+                extra.append(Target(clip.encode_image(pixels).float()[0], p.weight, p.stop))
+        for item in cfg.noise_prompts:
+            p = parse_prompt(item)
+            gen = torch.Generator().manual_seed(int(p.text))
+            dim = clip.encode_text(["x"]).shape[-1]
+            extra.append(Target(torch.randn(dim, generator=gen).to(models.device), p.weight, p.stop))
+        per_phase = []
+        for phase in phases:
+            texts = clip.encode_text([p.text for p in phase]) if phase else []
+            per_phase.append([Target(e, p.weight, p.stop) for e, p in zip(texts, phase, strict=True)] + extra)
+        cut = Cutouts(clip.input_size, cfg.cutn, cfg.cut_pow, cfg.augment, cfg.noise_fac)
+        guides.append(Guide(clip, cut, per_phase))
+    return guides
+
+
+def _initial_latent(models: Models, cfg: GenerationConfig) -> torch.Tensor:
+    vqgan = models.vqgan
+    f = vqgan.factor
+    w, h = cfg.size
+    with torch.no_grad():
+        if cfg.init_image is not None:
+            pixels = load_image(cfg.init_image, w, h).to(models.device)
+            return vqgan.encode(pixels * 2 - 1).float()
+        if cfg.init == "noise":
+            pixels = torch.rand(1, 3, h, w).to(models.device)
+            return vqgan.encode(pixels * 2 - 1).float()
+        idx = torch.randint(vqgan.config.n_embed, (1, h // f, w // f)).to(models.device)
+        return vqgan.embed(idx).float()
+
+
+def resolve_config(cfg: GenerationConfig, models: Models) -> tuple[GenerationConfig, list[str]]:
+    """Fill in the seed and the size; return notes for the user (e.g. a rounded size)."""
+    notes = []
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**32)
+    f = models.vqgan.factor
+    size = cfg.size or ((512, 512) if models.device.type == "cuda" else (256, 256))
+    rounded = round_size(size, f)
+    if rounded != tuple(size):
+        notes.append(f"Size {size[0]}x{size[1]} rounded to {rounded[0]}x{rounded[1]} (a multiple of {f}).")
+    return replace(cfg, seed=seed, size=rounded), notes
+
+
+def model_record(cfg: GenerationConfig, models: Models) -> dict:
+    return {
+        "vqgan": {"name": cfg.vqgan, "sha256": models.vqgan_sha256},
+        "clip": [{"name": c.name, "sha256": c.sha256} for c in models.clips],
+    }
+
+
+def generate(
+    prompt: str | GenerationConfig,
+    config: GenerationConfig | None = None,
+    *,
+    models=None,
+    callback=None,
+    offline: bool | None = None,
+    quiet: bool = True,
+) -> Result:
+    """Generate one image from a text prompt with VQGAN+CLIP.
+
+    Args:
+        prompt: the prompt text (see vqclip.prompts), or a full GenerationConfig.
+        config: the other settings (default GenerationConfig()); its prompt is replaced by `prompt`.
+        models: models from `load_models` (loaded from the config when None).
+        callback: called after every step with a dict: i, steps, loss, losses, phase, z, and
+            `image()` that decodes the current latent to a PIL image.
+        offline: never download; quiet: no download progress.
+
+    Returns a Result with the PIL image, the resolved config (seed and size filled in) and the loss.
+    """
+    if isinstance(prompt, GenerationConfig):
+        cfg = prompt
+    else:
+        cfg = replace(config or GenerationConfig(prompt=prompt), prompt=prompt)
+    start = time.perf_counter()
+    # 1. Validate.
+    check_inputs(cfg)
+    # 2. Load the models.
+    models = models or load_models(cfg, offline=offline, quiet=quiet)
+    cfg, _ = resolve_config(cfg, models)
+    # 3. Seed everything before anything random happens.
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    # 4. Encode the prompts and build the initial latent.
+    guides = _targets(models, cfg)
+    z = _initial_latent(models, cfg)
+    n_phases = len(guides[0].phases)
+    loss, done = float("nan"), 0
+    # 5. Optimise.
+    steps = optimize(
+        models.vqgan,
+        guides,
+        z,
+        cfg.steps,
+        lr=cfg.lr,
+        init_weight=cfg.init_weight,
+        phase_of=lambda i: phase_at(i, n_phases, cfg.steps, cfg.change_prompt_every),
+        autocast=autocast_for(models),
+    )
+    for state in steps:
+        loss, done = state["loss"], state["i"]
+        if callback is not None:
+            latent = state["z"]
+            state.update(steps=cfg.steps, image=lambda latent=latent: decode(models, latent))
+            callback(state)
+    # 6. Decode.
+    image = decode(models, z)
+    return Result(image, cfg, loss, time.perf_counter() - start, done, model_record(cfg, models))
+
+
+def decode(models: Models, z: torch.Tensor):
+    """A latent as a PIL image."""
+    with torch.no_grad(), autocast_for(models):
+        return to_pil(synth(models.vqgan, z.detach()))
