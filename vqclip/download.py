@@ -20,7 +20,8 @@ from filelock import FileLock, Timeout
 
 from vqclip.errors import ChecksumError, DownloadError, OfflineError
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes per read when hashing files on disk
+NET_CHUNK = 1 << 16  # bytes per network read: at most this much is lost when a connection drops
 RETRIES = 3  # attempts per URL for transient failures (connection errors, timeouts, 5xx)
 BACKOFF = 1.0  # seconds before the second attempt; doubles after each further failure
 TIMEOUT = (10, 60)  # connect, read (seconds)
@@ -283,7 +284,7 @@ def _transfer(url: str, part: Path, target: Target, label: str, quiet: bool, ses
         with _Progress(label, quiet) as bar, open(part, mode) as f:
             bar.start(total, done)
             try:
-                for chunk in resp.iter_content(CHUNK):
+                for chunk in resp.iter_content(NET_CHUNK):
                     f.write(chunk)
                     h.update(chunk)
                     done += len(chunk)
