@@ -19,12 +19,12 @@ run: $(STAMP)
 	$(BIN)/vqclip "$(PROMPT)"
 
 lint: $(STAMP)
-	$(BIN)/ruff check vqclip tests benchmarks
-	$(BIN)/ruff format --check vqclip tests benchmarks
+	$(BIN)/ruff check vqclip tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check vqclip tests $(wildcard benchmarks)
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix vqclip tests benchmarks
-	$(BIN)/ruff format vqclip tests benchmarks
+	$(BIN)/ruff check --fix vqclip tests $(wildcard benchmarks)
+	$(BIN)/ruff format vqclip tests $(wildcard benchmarks)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

@@ -98,14 +98,17 @@ def load_vqgan(
     """
     ckpt_path, config = _resolve(checkpoint, config, offline, quiet)
     data = config if isinstance(config, dict) else read_yaml(config)
-    cfg = vqgan_config(data)
-    sd = vqgan_state_dict(state_dict_of(read_checkpoint(ckpt_path)))
-    with torch.device("meta"):
-        model = VQGAN(cfg)
-    model = model.to_empty(device="cpu")
-    load_strict(model, sd, str(ckpt_path))
-    model.eval().requires_grad_(False)
+    model = _build_vqgan(data, vqgan_state_dict(state_dict_of(read_checkpoint(ckpt_path))), str(ckpt_path))
     return model.to(device) if device is not None else model
+
+
+def _build_vqgan(data: dict, sd: dict, source: str) -> VQGAN:
+    """A frozen VQGAN from parsed yaml data and its state dict (allocated once, then filled strictly)."""
+    with torch.device("meta"):
+        model = VQGAN(vqgan_config(data))
+    model = model.to_empty(device="cpu")
+    load_strict(model, sd, source)
+    return model.eval().requires_grad_(False)
 
 
 def _resolve(checkpoint, config, offline, quiet):
@@ -126,3 +129,52 @@ def _resolve(checkpoint, config, offline, quiet):
                 "Pass the model's yaml with --vqgan-config (Python: config=...).",
             )
     return path, config
+
+
+def transformer_parts(data: dict):
+    """(GPTConfig, Conditioning) from a Net2NetTransformer *-project.yaml."""
+    from vqclip.models.gpt import Conditioning, GPTConfig
+
+    params = data["model"].get("params", {})
+    gpt = params.get("transformer_config", {}).get("params")
+    if gpt is None:
+        raise WeightsError("The config is not a taming transformer (no transformer_config).")
+    cfg = GPTConfig(**{k: int(gpt[k]) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})
+    cond = params.get("cond_stage_config", {})
+    cond = {"target": cond} if isinstance(cond, str) else cond
+    target = str(cond.get("target", ""))
+    if target.endswith("Labelator"):
+        conditioning = Conditioning("class", n_classes=int(cond.get("params", {}).get("n_classes", 1000)))
+    elif target.endswith("SOSProvider") or target == "__is_unconditional__" or params.get("unconditional"):
+        conditioning = Conditioning("unconditional", sos_token=int(params.get("sos_token", 0)))
+    else:
+        raise WeightsError(
+            f"Transformers conditioned on {target or 'an image'} are not supported; "
+            "use a class-conditional (cin_transformer) or unconditional one."
+        )
+    return cfg, conditioning
+
+
+def load_transformer(checkpoint: str | Path, config=None, device=None, *, offline=None, quiet=False):
+    """(GPT, VQGAN, Conditioning) from a taming Net2NetTransformer checkpoint, loaded strictly."""
+    from vqclip.models.gpt import GPT
+
+    ckpt_path, config = _resolve(checkpoint, config, offline, quiet)
+    data = config if isinstance(config, dict) else read_yaml(config)
+    gpt_cfg, conditioning = transformer_parts(data)
+    sd = state_dict_of(read_checkpoint(ckpt_path))
+    gpt_sd = {
+        k[len("transformer.") :]: v
+        for k, v in sd.items()
+        # `attn.mask` is the constant causal mask; attention here is causal by construction
+        if k.startswith("transformer.") and not k.endswith(".attn.mask")
+    }
+    with torch.device("meta"):
+        gpt = GPT(gpt_cfg)
+    gpt = gpt.to_empty(device="cpu")
+    load_strict(gpt, gpt_sd, f"{ckpt_path} (transformer)")
+    gpt.eval().requires_grad_(False)
+    vqgan = _build_vqgan(data, vqgan_state_dict(sd), str(ckpt_path))
+    if device is not None:
+        gpt, vqgan = gpt.to(device), vqgan.to(device)
+    return gpt, vqgan, conditioning
