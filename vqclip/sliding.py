@@ -44,7 +44,7 @@ def schedule(height: int, width: int, window: int = 16, order: str = "wavefront"
     """Groups of positions, each group computed by one GPT call, in an order that keeps every input final."""
     if order == "raster":
         return [[(i, j)] for i in range(height) for j in range(width)]
-    wh, ww = min(window, height), min(window, width)
+    ww = min(window, width)
     t = [[0] * width for _ in range(height)]
     for i in range(height):
         for j in range(width):
