@@ -30,7 +30,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/vqclip bench --random-weights
+	bash benchmarks/standard.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -7,7 +7,9 @@ import sys
 from click.testing import CliRunner
 
 from vqclip import __version__
-from vqclip.cli import CONFIG_FIELDS, cli, generate
+from vqclip.cli import cli
+from vqclip.cli.generate import generate
+from vqclip.cli.options import CONFIG_FIELDS
 from vqclip.config import GenerationConfig
 
 

@@ -59,6 +59,11 @@ class GenerationConfig:
     noise_fac: float = 0.1  # maximum std of the noise added to each cutout
     device: str = "auto"  # auto picks CUDA, then MPS, then the CPU
     precision: str = "auto"  # auto: bf16 autocast where the hardware runs it fast, else fp32
+    max_memory: int | None = None  # bytes the memory plan may use (default: the free memory)
+    frames_every: int = 1  # steps per animation frame (frames are written and transformed this often)
+    zoom: float = 1.0  # animation: scale the image by this much after each frame (>1 zooms in)
+    rotate: float = 0.0  # animation: degrees to rotate the image after each frame
+    shift: tuple[float, float] = (0.0, 0.0)  # animation: pixels to shift (x, y) after each frame
 
     def __post_init__(self):
         if not self.prompt.strip() and not self.image_prompts and not self.noise_prompts:
@@ -86,8 +91,17 @@ class GenerationConfig:
         _choice("precision", self.precision, PRECISIONS)
         for name in self.augment:
             _choice("augment", name, AUGMENTS)
+        _positive("frames_every", self.frames_every)
+        if not 0.1 <= self.zoom <= 10:
+            raise UsageError(f"--zoom {self.zoom} is out of range (0.1 to 10; 1 means no zoom).")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise UsageError("--max-memory must be positive.")
         if not self.clip:
             raise UsageError("At least one --clip model is needed.")
+
+    @property
+    def animated(self) -> bool:
+        return self.zoom != 1.0 or self.rotate != 0.0 or tuple(self.shift) != (0.0, 0.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,7 +110,7 @@ class GenerationConfig:
     def from_dict(cls, data: dict) -> "GenerationConfig":
         known = {f.name for f in fields(cls)}
         clean = {k: v for k, v in data.items() if k in known}
-        for key in ("image_prompts", "noise_prompts", "clip", "augment", "size"):
+        for key in ("image_prompts", "noise_prompts", "clip", "augment", "size", "shift"):
             if isinstance(clean.get(key), list):
                 clean[key] = tuple(clean[key])
         return cls(**clean)

@@ -1,14 +1,26 @@
 """Random cutouts of the image, resized to CLIP's input and augmented with kornia, in one batch.
 
 After Crowson's VQGAN+CLIP notebook ("MakeCutouts"): crop sizes follow rand**cut_pow between CLIP's
-input size and the image's shorter side. All crops are resampled by one `roi_align` call (area-like
-averaging when shrinking, bilinear when enlarging) instead of a Python loop of pooling calls.
+input size and the image's shorter side. Each crop is resampled with exact area averaging (what
+adaptive average pooling does), written as two batched matmuls with per-cutout weight matrices: one
+operation for all cutouts, forward and backward, instead of a Python loop of pooling calls.
 """
 
 import kornia.augmentation as K
 import torch
 from torch import nn
-from torchvision.ops import roi_align
+
+
+def area_weights(starts: torch.Tensor, sizes: torch.Tensor, full: int, out: int) -> torch.Tensor:
+    """(N, out, full) matrices: row o of cutout k averages input pixels [start + o*s/out, start + (o+1)*s/out)
+    weighted by their overlap, so `weights @ signal` is an exact area resize of each crop."""
+    step = (sizes / out)[:, None, None]  # (N, 1, 1) input pixels per output pixel
+    o = torch.arange(out, dtype=torch.float32, device=starts.device)[None, :, None]
+    lo = starts[:, None, None] + o * step  # (N, out, 1)
+    hi = lo + step
+    i = torch.arange(full, dtype=torch.float32, device=starts.device)[None, None, :]  # (1, 1, full)
+    overlap = (torch.minimum(hi, i + 1) - torch.maximum(lo, i)).clamp(min=0)  # (N, out, full)
+    return overlap / overlap.sum(-1, keepdim=True)
 
 
 def build_augmentations(names: tuple[str, ...]) -> nn.Module:
@@ -43,10 +55,14 @@ class Cutouts(nn.Module):
 
     def forward(self, img: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Cut out `boxes` (default: `cutn` fresh random boxes), resample, augment, add noise."""
+        _, _, height, width = img.shape
         if boxes is None:
-            boxes = self.boxes(img.shape[2], img.shape[3], img.device)
-        cuts = roi_align(img.float(), boxes, self.cut_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        cuts = self.augs(cuts)
+            boxes = self.boxes(height, width, img.device)
+        sizes = boxes[:, 3] - boxes[:, 1]
+        rows = area_weights(boxes[:, 2], sizes, height, self.cut_size).to(img.dtype)  # (N, s, H)
+        cols = area_weights(boxes[:, 1], sizes, width, self.cut_size).to(img.dtype)  # (N, s, W)
+        cuts = rows[:, None] @ img @ cols[:, None].transpose(-1, -2)  # (N, 3, s, s)
+        cuts = self.augs(cuts.float())
         if self.noise_fac:
             facs = cuts.new_empty([cuts.shape[0], 1, 1, 1]).uniform_(0, self.noise_fac)
             cuts = cuts + facs * torch.randn_like(cuts)

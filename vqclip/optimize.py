@@ -91,6 +91,9 @@ def optimize(
     phase_of=lambda i: 0,
     autocast: contextlib.AbstractContextManager | None = None,
     clip_chunk: int | None = None,
+    timer=None,
+    transform=None,
+    transform_every: int = 0,
 ) -> Iterator[dict]:
     """Optimise z in place; yield {'i', 'loss', 'losses', 'phase', 'z'} after each step.
 
@@ -104,17 +107,20 @@ def optimize(
         phase_of: maps a step to its story phase.
         autocast: a context manager for the decoder and CLIP passes (e.g. bf16 autocast).
         clip_chunk: encode at most this many cutouts at once (bounds CLIP's activation memory).
+        timer: optional `timer(stage)` context manager factory, for per-stage timings (benchmarks).
+        transform: optional z -> z applied every `transform_every` steps (animation); Adam restarts.
     """
     z_init = z.detach().clone()
     z_min, z_max = codebook_range(vqgan)
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     autocast = autocast or contextlib.nullcontext()
+    timer = timer or (lambda stage: contextlib.nullcontext())
     for i in range(steps):
         phase = phase_of(i)
         opt.zero_grad(set_to_none=True)
         # 1. Decode the quantised latent.
-        with autocast:
+        with timer("decoder"), autocast:
             image = synth(vqgan, z)
         # 2. CLIP losses on the cutouts; chunks are back-propagated to the image one at a time.
         pixels = image.detach().requires_grad_(True)
@@ -124,22 +130,30 @@ def optimize(
             chunk = clip_chunk or cutn
             boxes = guide.cutouts.boxes(pixels.shape[2], pixels.shape[3], pixels.device)
             for start in range(0, cutn, chunk):
-                with autocast:
+                with timer("cutouts"), autocast:
                     cuts = guide.cutouts(pixels, boxes[start : start + chunk])
+                with timer("clip"), autocast:
                     embeds = guide.clip.encode_image(cuts).float()
-                parts = [t.loss(embeds) * (embeds.shape[0] / cutn) for t in guide.phases[phase]]
-                loss = torch.stack(parts).sum()
-                loss.backward()
+                    parts = [t.loss(embeds) * (embeds.shape[0] / cutn) for t in guide.phases[phase]]
+                    loss = torch.stack(parts).sum()
+                with timer("backward"):
+                    loss.backward()
                 losses.append(loss.detach())
         # 3. Back through the decoder once, plus the pull towards the initial latent.
-        image.backward(pixels.grad)
-        if init_weight:
-            pull = F.mse_loss(z, z_init) * (init_weight / 2)
-            pull.backward()
-            losses.append(pull.detach())
+        with timer("backward"):
+            image.backward(pixels.grad)
+            if init_weight:
+                pull = F.mse_loss(z, z_init) * (init_weight / 2)
+                pull.backward()
+                losses.append(pull.detach())
         # 4. Adam step, then keep z inside the codebook's range.
-        opt.step()
-        with torch.no_grad():
-            z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
+        with timer("optimiser"):
+            opt.step()
+            with torch.no_grad():
+                z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
+        if transform is not None and transform_every and (i + 1) % transform_every == 0 and i + 1 < steps:
+            with torch.no_grad():
+                z.copy_(transform(z.detach()))
+            opt.state.clear()  # the moment estimates belonged to the old image
         total = float(torch.stack(losses).sum())
         yield {"i": i + 1, "loss": total, "losses": [float(x) for x in losses], "phase": phase, "z": z.detach()}

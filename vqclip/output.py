@@ -89,3 +89,63 @@ def save_png(image: Image.Image, path: str | Path, info=None, overwrite: bool = 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class FrameSink:
+    """Frames as PNGs: a stream on stdout ('-', for `ffmpeg -f image2pipe -i -`), numbered files in a
+    folder, or the stdin of an ffmpeg process (--video)."""
+
+    def __init__(self, target: str, video: str | None = None, fps: int = 30):
+        self.count = 0
+        self.dir = None
+        self.proc = None
+        if video is not None:
+            import shutil
+            import subprocess
+
+            ffmpeg = shutil.which("ffmpeg")
+            if ffmpeg is None:
+                raise UsageError(
+                    "--video needs ffmpeg, which is not installed.",
+                    "Install ffmpeg, or pipe the frames yourself: vqclip ... --frames - | ffmpeg -f image2pipe -i - out.mp4",
+                )
+            cmd = [
+                ffmpeg,
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "image2pipe",
+                "-framerate",
+                str(fps),
+                "-i",
+                "-",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:v",
+                "libx264",
+                video,
+            ]
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+            self.stream = self.proc.stdin
+        elif target == "-":
+            import sys
+
+            self.stream = sys.stdout.buffer
+        else:
+            self.dir = Path(target).expanduser()
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, image: Image.Image) -> None:
+        self.count += 1
+        if self.dir is not None:
+            save_png(image, self.dir / f"frame-{self.count:05d}.png", overwrite=True)
+            return
+        image.save(self.stream, format="PNG")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            if self.proc.wait() != 0:
+                raise UsageError(f"ffmpeg failed (exit {self.proc.returncode}) while writing the video.")

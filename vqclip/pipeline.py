@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 
 from vqclip import __version__
+from vqclip.animation import latent_transform
 from vqclip.config import GenerationConfig, round_size
 from vqclip.errors import UsageError
 from vqclip.images import load_image, to_pil
+from vqclip.memory import make_plan
 from vqclip.optimize import Guide, Target, optimize, synth
 from vqclip.prompts import parse_prompt, parse_story, phase_at
 
@@ -38,6 +40,7 @@ class Result:
     seconds: float
     steps_done: int
     models: dict  # names and sha256 of the models used
+    plan: object = None  # the memory plan the run used (vqclip.memory.Plan)
 
     def record(self) -> dict:
         """The `vqclip` PNG metadata: every setting, the seed, the models and the version."""
@@ -48,6 +51,10 @@ class Result:
             "models": self.models,
             "loss": self.loss,
             "steps_done": self.steps_done,
+            # what decides the pixels (not the memory figures, which vary from run to run)
+            "plan": {"checkpointing": self.plan.checkpointing, "clip_chunk": self.plan.clip_chunk}
+            if self.plan is not None
+            else None,
         }
 
     def parameters(self) -> str:
@@ -147,7 +154,18 @@ def load_models(cfg: GenerationConfig, offline: bool | None = None, quiet: bool 
     device = resolve_device(cfg.device)
     vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, quiet=quiet)
     clips = [load_clip(name, device=device, offline=offline) for name in cfg.clip]
-    return Models(vqgan, _vqgan_sha256(cfg.vqgan), clips, device, resolve_precision(cfg.precision, device))
+    models = Models(vqgan, _vqgan_sha256(cfg.vqgan), clips, device, resolve_precision(cfg.precision, device))
+    prepare_for_speed(models)
+    return models
+
+
+def prepare_for_speed(models: Models) -> None:
+    """Channels-last decoder (not on MPS); frozen CLIP image towers kept in the autocast dtype."""
+    if models.device.type != "mps":
+        models.vqgan.use_channels_last()
+    if models.dtype is not None:
+        for clip in models.clips:
+            clip.cast_visual(models.dtype)
 
 
 def _vqgan_sha256(name: str) -> str | None:
@@ -173,7 +191,7 @@ def _targets(models: Models, cfg: GenerationConfig) -> list[Guide]:
         for item in cfg.image_prompts:
             p = parse_prompt(item)
             pixels = load_image(p.text, clip.input_size, clip.input_size).to(models.device)
-            with torch.no_grad():
+            with torch.no_grad(), autocast_for(models):
                 extra.append(Target(clip.encode_image(pixels).float()[0], p.weight, p.stop))
         for item in cfg.noise_prompts:
             p = parse_prompt(item)
@@ -229,6 +247,7 @@ def generate(
     *,
     models=None,
     callback=None,
+    plan=None,
     offline: bool | None = None,
     quiet: bool = True,
 ) -> Result:
@@ -240,6 +259,7 @@ def generate(
         models: models from `load_models` (loaded from the config when None).
         callback: called after every step with a dict: i, steps, loss, losses, phase, z, and
             `image()` that decodes the current latent to a PIL image.
+        plan: a vqclip.memory.Plan to use instead of planning (replay uses the recorded one).
         offline: never download; quiet: no download progress.
 
     Returns a Result with the PIL image, the resolved config (seed and size filled in) and the loss.
@@ -254,6 +274,8 @@ def generate(
     # 2. Load the models.
     models = models or load_models(cfg, offline=offline, quiet=quiet)
     cfg, _ = resolve_config(cfg, models)
+    plan = plan or make_plan(models, cfg.size, cfg.cutn, max_memory=cfg.max_memory)
+    models.vqgan.set_checkpointing(plan.checkpointing)
     # 3. Seed everything before anything random happens.
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -272,6 +294,11 @@ def generate(
         init_weight=cfg.init_weight,
         phase_of=lambda i: phase_at(i, n_phases, cfg.steps, cfg.change_prompt_every),
         autocast=autocast_for(models),
+        clip_chunk=plan.clip_chunk,
+        transform=latent_transform(models.vqgan, cfg.zoom, cfg.rotate, cfg.shift, autocast_for(models))
+        if cfg.animated
+        else None,
+        transform_every=cfg.frames_every,
     )
     for state in steps:
         loss, done = state["loss"], state["i"]
@@ -281,7 +308,7 @@ def generate(
             callback(state)
     # 6. Decode.
     image = decode(models, z)
-    return Result(image, cfg, loss, time.perf_counter() - start, done, model_record(cfg, models))
+    return Result(image, cfg, loss, time.perf_counter() - start, done, model_record(cfg, models), plan)
 
 
 def decode(models: Models, z: torch.Tensor):

@@ -1,0 +1,193 @@
+"""Batches, shards, frame streams and animation, through real subprocesses with the tiny models."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import ROOT, run_cli
+from vqclip.animation import affine_image
+from vqclip.batch import derive_seed, read_prompts, resolve_shard, shard_items
+
+PROMPTS = "# a comment\na red apple\n\na blue car:0.8\n  a green tree | fog:0.3  \n"
+
+
+@pytest.fixture
+def models(fixtures, tiny_clip):
+    return ["--vqgan", str(fixtures / "vqgan_tiny_f16.ckpt"), "--clip", tiny_clip, "--size", "64", "--cutn", "2"]
+
+
+def _manifest(outdir):
+    path = outdir / "manifest.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_batch_manifest_and_skip_existing(tmp_path, models):
+    (tmp_path / "p.txt").write_text(PROMPTS)
+    out = tmp_path / "out"
+    r = run_cli("batch", tmp_path / "p.txt", "--outdir", out, "--steps", "2", *models)
+    assert r.returncode == 0, r.stderr.decode()
+    paths = r.stdout.decode().split()
+    assert len(paths) == 3 and all(os.path.exists(p) for p in paths)
+    rows = _manifest(out)
+    assert [row["line"] for row in rows] == [2, 4, 5]
+    assert [row["prompt"] for row in rows] == ["a red apple", "a blue car:0.8", "a green tree | fog:0.3"]
+    assert all(row["status"] == "ok" and row["seed"] == derive_seed(0, row["line"]) for row in rows)
+    assert all(set(row) >= {"path", "loss", "seconds"} for row in rows)
+
+    again = run_cli("batch", tmp_path / "p.txt", "--outdir", out, "--steps", "2", "--skip-existing", *models)
+    assert again.returncode == 0
+    assert again.stdout == b"" and b"Loading models" not in again.stderr  # no work at all
+    assert len(_manifest(out)) == 3
+
+
+def test_batch_killed_and_resumed_matches_a_clean_run(tmp_path, models):
+    (tmp_path / "p.txt").write_text(PROMPTS)
+    args = ["-m", "vqclip", "batch", str(tmp_path / "p.txt"), "--steps", "25", "--skip-existing", "-q", *models]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, *args, "--outdir", str(killed)], stdout=subprocess.PIPE)
+    deadline = time.time() + 240
+    while len(_manifest(killed)) < 1 and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(_manifest(killed)) < 3, "the batch finished before it could be killed"
+    resumed = subprocess.run([sys.executable, *args, "--outdir", str(killed)], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, *args, "--outdir", str(clean)], check=True, capture_output=True)
+    names = sorted(p.name for p in clean.glob("*.png"))
+    assert names == sorted(p.name for p in killed.glob("*.png")) and len(names) == 3
+    for name in names:
+        assert (killed / name).read_bytes() == (clean / name).read_bytes()
+    assert sorted(r["line"] for r in _manifest(killed)) == [2, 4, 5]
+
+
+def test_bad_line_is_reported_and_skipped(tmp_path, models):
+    (tmp_path / "p.txt").write_text("a cat\na cat:1..2\na dog\n")
+    r = run_cli("batch", tmp_path / "p.txt", "--outdir", tmp_path, "--steps", "1", *models)
+    assert r.returncode == 1
+    assert "Line 2: Weight '1..2'" in r.stderr.decode()
+    rows = _manifest(tmp_path)
+    assert [row["status"] for row in rows] == ["ok", "error", "ok"]
+    assert len(r.stdout.decode().split()) == 2
+
+
+def test_shards_cover_every_prompt_once(tmp_path, models):
+    items = read_prompts("\n".join(f"prompt {i}" for i in range(10)))
+    parts = [shard_items(items, k, 3) for k in range(3)]
+    assert sorted(i.line for p in parts for i in p) == list(range(1, 11))
+    for k in range(3):
+        assert resolve_shard(None, {"RANK": str(k), "WORLD_SIZE": "3"}) == (k, 3)
+        assert resolve_shard(
+            None, {"SLURM_ARRAY_TASK_ID": str(k + 5), "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}
+        ) == (k, 3)
+        assert resolve_shard(f"{k}/3", {"RANK": "0", "WORLD_SIZE": "1"}) == (k, 3)  # --shard wins
+    (tmp_path / "p.txt").write_text(PROMPTS)
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    r = run_cli("batch", tmp_path / "p.txt", "--outdir", tmp_path, "--steps", "1", *models, env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    rows = [json.loads(x) for x in (tmp_path / "manifest.shard-1-of-2.jsonl").read_text().splitlines()]
+    assert [row["line"] for row in rows] == [4]  # the second of the three prompts
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
+def _png_stream(data: bytes) -> list[bytes]:
+    sig = b"\x89PNG\r\n\x1a\n"
+    return [sig + part for part in data.split(sig)[1:]]
+
+
+def test_frames_to_stdout_and_closed_pipe(tmp_path, models):
+    code = (
+        "import sys, io\nfrom PIL import Image\ndata = sys.stdin.buffer.read()\nsig = b'\\x89PNG\\r\\n\\x1a\\n'\n"
+        "frames = [Image.open(io.BytesIO(sig + p)) for p in data.split(sig)[1:]]\n"
+        "[f.load() for f in frames]\nprint(len(frames), frames[0].size)\n"
+    )
+    vq = " ".join(f"'{a}'" for a in models)
+    cmd = f"{sys.executable} -m vqclip 'a cat' {vq} --steps 6 --frames-every 2 --frames - -q"
+    r = subprocess.run(f'{cmd} | {sys.executable} -c "{code}"', shell=True, capture_output=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == "3 (64, 64)"
+    closed = subprocess.run(
+        f"set -o pipefail; {cmd} --steps 40 --frames-every 1 | head -c 1000 > /dev/null",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert closed.returncode == 0, closed.stderr.decode()
+    assert b"Traceback" not in closed.stderr
+    assert list(tmp_path.glob("a-cat_s*.png")), "the latest image was not saved"
+
+
+def test_zoom_frames(tmp_path, models):
+    r = run_cli(
+        "a tunnel",
+        *models,
+        "--steps",
+        "4",
+        "--frames-every",
+        "1",
+        "--zoom",
+        "1.5",
+        "--frames",
+        tmp_path / "frames",
+        "-q",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    frames = sorted((tmp_path / "frames").glob("frame-*.png"))
+    assert [f.name for f in frames] == [f"frame-0000{i}.png" for i in range(1, 5)]
+    pixels = [Image.open(f).convert("RGB").tobytes() for f in frames]
+    assert len(set(pixels)) == 4
+
+
+def test_zoom_grows_content_and_shift_moves_it():
+    img = torch.zeros(1, 3, 64, 64)
+    img[:, :, 28:36, 28:36] = 1
+    assert float(affine_image(img, zoom=2.0).sum()) == pytest.approx(4 * float(img.sum()), rel=0.05)
+    moved = affine_image(img, shift=(8, 0))
+    assert (moved[0, 0].sum(0) > 0.5).nonzero().flatten().tolist() == list(range(36, 44))
+    turned = affine_image(img, rotate=45)
+    assert float(turned.sum()) == pytest.approx(float(img.sum()), rel=0.1) and not torch.allclose(turned, img)
+
+
+def test_example_scripts_run_as_written(tmp_path, models):
+    env = {**os.environ, "VQCLIP": f"{sys.executable} -m vqclip"}
+    env["VQCLIP"] = str(tmp_path / "vqclip")
+    (tmp_path / "vqclip").write_text(f'#!/bin/sh\nexec {sys.executable} -m vqclip "$@"\n')
+    (tmp_path / "vqclip").chmod(0o755)
+    quick = [*models, "--steps", "2"]
+    r = subprocess.run(
+        ["bash", ROOT / "examples/batch.sh", ROOT / "examples/prompts.txt", tmp_path / "out", *quick],
+        env=env,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    r = subprocess.run(
+        ["bash", ROOT / "examples/zoom.sh", "a spiral", tmp_path / "z", *quick, "--frames-every", "1"],
+        env=env,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(list((tmp_path / "z").glob("frame-*.png"))) == 2
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed: examples/to_video.sh was not run")
+    r = subprocess.run(
+        ["bash", ROOT / "examples/to_video.sh", "a cat", tmp_path / "v.mp4", *quick],
+        env=env,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "v.mp4").stat().st_size > 0

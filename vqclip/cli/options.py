@@ -1,0 +1,147 @@
+"""The options that fill GenerationConfig, shared by `generate` and `batch`."""
+
+import click
+
+from vqclip.config import AUGMENTS, DEFAULT_AUGMENTS, DEVICES, INITS, PRECISIONS, GenerationConfig, parse_size
+from vqclip.errors import UsageError
+from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except UsageError as err:
+        raise click.BadParameter(err.message) from None
+
+
+def _augment(ctx, param, value):
+    if value is None:
+        return DEFAULT_AUGMENTS
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if names == ("none",):
+        return ()
+    bad = [n for n in names if n not in AUGMENTS]
+    if bad:
+        raise click.BadParameter(f"{', '.join(bad)} not among {', '.join(AUGMENTS)} (or 'none').")
+    return names
+
+
+def _shift(ctx, param, value):
+    try:
+        x, y = (float(v) for v in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} should be X,Y in pixels, e.g. 2,0.") from None
+    return (x, y)
+
+
+def parse_bytes(ctx, param, value):
+    """'6G', '6GB', '512M', '3.5GiB' or a plain number of bytes."""
+    if value is None:
+        return None
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
+    try:
+        number = float(text[:-1] if scale != 1 else text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size like 6G or 512M.") from None
+    if number <= 0:
+        raise click.BadParameter("must be positive.")
+    return int(number * scale)
+
+
+def generation_options(f):
+    """The options that fill GenerationConfig (shared by generate and batch)."""
+    options = [
+        click.option("--size", "-s", callback=_size, help="512 or WIDTHxHEIGHT [default: 512 on CUDA, 256 else]"),
+        click.option(
+            "--steps", "-i", default=300, show_default=True, type=click.IntRange(1), help="Optimisation steps."
+        ),
+        click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Random seed [default: random, recorded]."),
+        click.option("--cutn", default=32, show_default=True, type=click.IntRange(1), help="Cutouts per step."),
+        click.option("--cut-pow", default=1.0, show_default=True, type=float, help="Cutout size power."),
+        click.option("--lr", default=0.1, show_default=True, type=float, help="Adam learning rate."),
+        click.option("--init", type=click.Choice(INITS), default="tokens", show_default=True, help="Initial latent."),
+        click.option("--init-image", type=click.Path(dir_okay=False), help="Start from this image."),
+        click.option("--init-weight", default=0.0, show_default=True, type=float, help="Pull towards the start."),
+        click.option("--image-prompt", "image_prompts", multiple=True, metavar="PATH[:W]", help="Image prompt."),
+        click.option("--noise-prompt", "noise_prompts", multiple=True, metavar="SEED[:W]", help="Noise prompt."),
+        click.option(
+            "--change-prompt-every",
+            default=0,
+            show_default=True,
+            type=click.IntRange(0),
+            help="Steps per story phase ('^'); 0 splits the steps evenly.",
+        ),
+        click.option("--vqgan", default=DEFAULT_VQGAN, show_default=True, help="VQGAN registry name or .ckpt path."),
+        click.option("--vqgan-config", type=click.Path(dir_okay=False), help="The yaml of a .ckpt path."),
+        click.option(
+            "--clip",
+            multiple=True,
+            default=(DEFAULT_CLIP,),
+            show_default=True,
+            help="CLIP model: ARCH/TAG, registry name or CONFIG.json:WEIGHTS; repeat to combine.",
+        ),
+        click.option(
+            "--augment",
+            callback=_augment,
+            metavar="LIST",
+            help=f"Comma list of {', '.join(AUGMENTS)}, or none [default: {','.join(DEFAULT_AUGMENTS)}].",
+        ),
+        click.option("--noise-fac", default=0.1, show_default=True, type=float, help="Cutout noise."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default="auto",
+            show_default=True,
+            help="auto: bf16 autocast where the hardware is fast at it.",
+        ),
+        click.option(
+            "--frames-every",
+            default=1,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Steps per frame (--frames, --video); with --zoom/--rotate/--shift also per animation step.",
+        ),
+        click.option("--zoom", default=1.0, show_default=True, type=float, help="Animation: zoom per frame."),
+        click.option("--rotate", default=0.0, show_default=True, type=float, help="Animation: degrees per frame."),
+        click.option(
+            "--shift",
+            default="0,0",
+            show_default=True,
+            callback=_shift,
+            metavar="X,Y",
+            help="Animation: pixels per frame.",
+        ),
+        click.option(
+            "--max-memory",
+            callback=parse_bytes,
+            metavar="SIZE",
+            help="Memory the plan may use, e.g. 6G [default: the free memory].",
+        ),
+        click.option("--offline", is_flag=True, help="Never use the network (also VQCLIP_OFFLINE=1)."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress or messages on stderr."),
+        click.option(
+            "--progress",
+            type=click.Choice(["bar", "json", "none"]),
+            default="bar",
+            show_default=True,
+            help="Progress on stderr: a bar, or one JSON object per step.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+CONFIG_FIELDS = (
+    "size steps seed cutn cut_pow lr init init_image init_weight image_prompts noise_prompts "
+    "change_prompt_every vqgan vqgan_config clip augment noise_fac device precision max_memory frames_every "
+    "zoom rotate shift"
+).split()
+
+
+def build_config(prompt: str, params: dict) -> GenerationConfig:
+    return GenerationConfig(prompt=prompt, **{k: params[k] for k in CONFIG_FIELDS})
