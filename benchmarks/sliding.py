@@ -28,7 +28,12 @@ def main():
     for side in args.sizes:
         grid = torch.randint(0, cfg.vocab_size, (1, side, side))
         cond = torch.tensor([[0]])
-        row = {"tokens": f"{side}x{side}", "layers": args.layers, "width": args.width, "threads": torch.get_num_threads()}
+        row = {
+            "tokens": f"{side}x{side}",
+            "layers": args.layers,
+            "width": args.width,
+            "threads": torch.get_num_threads(),
+        }
         outs = {}
         for order in ("raster", "wavefront"):
             start = time.perf_counter()
