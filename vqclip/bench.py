@@ -44,7 +44,7 @@ def random_models(cfg: GenerationConfig) -> Models:
         std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
         clips.append(ClipModel(name, model, size, mean, std, open_clip.get_tokenizer(source.arch), None).to(device))
     models = Models(vqgan, None, clips, device, resolve_precision(cfg.precision, device))
-    prepare_for_speed(models)
+    prepare_for_speed(models, cfg)
     return models
 
 

@@ -14,11 +14,12 @@ import torch
 
 from vqclip.errors import OutOfMemoryError
 
-# Calibration (bytes), measured with `vqclip bench` on the f16 imagenet VQGAN (ch 128) and ViT-B/32.
-DECODER_BYTES_PER_PIXEL = {"fp32": 30_000, "bf16": 17_000}  # no checkpointing
-DECODER_CKPT_BYTES_PER_PIXEL = {"fp32": 6_000, "bf16": 4_000}  # per-block checkpointing
-CLIP_BYTES_PER_CUTOUT = {"fp32": 60_000_000, "bf16": 40_000_000}  # ViT-B/32 at 224 px
-OVERHEAD = 600_000_000  # interpreter, torch, open_clip and allocator slack
+# Calibration (bytes): peak RSS of one step on the CPU (benchmarks/RESULTS.md, "memory calibration"),
+# f16 imagenet VQGAN (ch 128) and ViT-B/32, 256-768 px, with and without checkpointing and chunks.
+DECODER_BYTES_PER_PIXEL = {"fp32": 21_500, "bf16": 10_500}  # no checkpointing
+DECODER_CKPT_BYTES_PER_PIXEL = {"fp32": 13_500, "bf16": 6_500}  # per-block checkpointing
+CLIP_BYTES_PER_CUTOUT = {"fp32": 46_000_000, "bf16": 25_000_000}  # ViT-B/32 at 224 px, forward + backward
+OVERHEAD = {"cpu": 1_300_000_000, "gpu": 300_000_000}  # CPU: the imported libraries count in RSS
 REF_DECODER_CH = 128
 REF_CLIP_COST = 768 * 12 * 50  # width x layers x tokens of ViT-B/32
 
@@ -74,7 +75,8 @@ def estimate(models, size: tuple[int, int], cutn: int, checkpointing: bool, clip
     per_pixel = (DECODER_CKPT_BYTES_PER_PIXEL if checkpointing else DECODER_BYTES_PER_PIXEL)[key]
     decoder = per_pixel * pixels * models.vqgan.config.ch / REF_DECODER_CH
     clip = max(CLIP_BYTES_PER_CUTOUT[key] * min(clip_chunk, cutn) * _clip_cost(c) for c in models.clips)
-    return int(weights_bytes(models) + decoder + clip + OVERHEAD)
+    overhead = OVERHEAD["cpu" if models.device.type == "cpu" else "gpu"]
+    return int(weights_bytes(models) + decoder + clip + overhead)
 
 
 def _options(cutn: int, checkpointing: str):

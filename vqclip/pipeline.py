@@ -155,17 +155,23 @@ def load_models(cfg: GenerationConfig, offline: bool | None = None, quiet: bool 
     vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, quiet=quiet)
     clips = [load_clip(name, device=device, offline=offline) for name in cfg.clip]
     models = Models(vqgan, _vqgan_sha256(cfg.vqgan), clips, device, resolve_precision(cfg.precision, device))
-    prepare_for_speed(models)
+    prepare_for_speed(models, cfg)
     return models
 
 
-def prepare_for_speed(models: Models) -> None:
-    """Channels-last decoder (not on MPS); frozen CLIP image towers kept in the autocast dtype."""
+def needs_encoder(cfg: GenerationConfig) -> bool:
+    return cfg.init_image is not None or cfg.init == "noise" or cfg.animated
+
+
+def prepare_for_speed(models: Models, cfg: GenerationConfig) -> None:
+    """Channels-last decoder (not on MPS), CLIP kept in the autocast dtype, no encoder unless needed."""
     if models.device.type != "mps":
         models.vqgan.use_channels_last()
     if models.dtype is not None:
         for clip in models.clips:
-            clip.cast_visual(models.dtype)
+            clip.cast(models.dtype)
+    if not needs_encoder(cfg):
+        models.vqgan.drop_encoder()
 
 
 def _vqgan_sha256(name: str) -> str | None:

@@ -41,9 +41,9 @@ class ClipModel:
             return fast_vit_forward(self.model.visual, x)
         return self.model.encode_image(x)
 
-    def cast_visual(self, dtype: torch.dtype) -> None:
-        """Keep the (frozen) image tower in `dtype` once, instead of autocast re-casting it every step."""
-        self.model.visual.to(dtype)
+    def cast(self, dtype: torch.dtype) -> None:
+        """Keep the frozen weights in `dtype` once, instead of autocast re-casting them every step."""
+        self.model.to(dtype)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -315,7 +315,13 @@ class VQGAN(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, H, W) in [-1, 1] -> latent (B, embed_dim, H/f, W/f) before quantisation."""
+        if self.encoder is None:
+            raise RuntimeError("this VQGAN's encoder was dropped (drop_encoder) to save memory")
         return self.quant_conv(self.encoder(x))
+
+    def drop_encoder(self) -> None:
+        """Free the encoder (40% of the weights) when nothing will be encoded."""
+        self.encoder = None
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Indices (B, h, w) of the nearest codebook vectors (for Gumbel models too; used by the optimiser)."""
@@ -342,4 +348,3 @@ class VQGAN(nn.Module):
     def set_checkpointing(self, enabled: bool) -> None:
         """Recompute decoder blocks in the backward pass: less memory for a little more time."""
         self.decoder.checkpointing = enabled
-        self.encoder.checkpointing = enabled
