@@ -90,3 +90,56 @@ def test_top_k_and_top_p_filtering():
     probs = filter_logits(logits, temperature=2.0).softmax(-1)
     expected = torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]).sqrt()
     assert_close(probs, expected / expected.sum())
+
+
+def _canvas(fixtures, tiny_clip, tmp_path, anchor):
+    import json
+
+    from PIL import Image
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / f"canvas{anchor}.png"
+    r = run_cli(
+        "a goldfish",
+        "--transformer",
+        fixtures / "transformer_tiny_cin.ckpt",
+        "--clip",
+        tiny_clip,
+        "--size",
+        "320x256",
+        "--base-size",
+        "160",
+        "--steps",
+        "2",
+        "--refine-steps",
+        "1",
+        "--cutn",
+        "2",
+        "--anchor",
+        anchor,
+        "--seed",
+        "4",
+        "-o",
+        out,
+        "--progress",
+        "json",
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    stages = {json.loads(x).get("stage") for x in r.stderr.decode().splitlines() if x.startswith("{")}
+    assert stages == {"base", "transformer", "refine"}
+    with Image.open(out) as im:
+        return im.size, json.loads(im.text["vqclip"])
+
+
+def test_canvas_end_to_end_and_the_anchor(fixtures, tiny_clip, tmp_path):
+    size, record = _canvas(fixtures, tiny_clip, tmp_path, "100")
+    assert size == (320, 256)
+    canvas = record["canvas"]
+    assert canvas["base_size"] == [160, 128]  # a quarter of the area, same aspect
+    assert 0 <= canvas["class"] < 10 and canvas["class_name"]
+    assert canvas["gpt_calls"] < 20 * 16  # the wavefront batches positions
+    assert record["config"]["transformer"].endswith("transformer_tiny_cin.ckpt")
+    assert canvas["kept_fraction"] > 0.9
+    _, free = _canvas(fixtures, tiny_clip, tmp_path, "0")
+    assert free["canvas"]["kept_fraction"] < 0.5

@@ -60,6 +60,13 @@ class GenerationConfig:
     device: str = "auto"  # auto picks CUDA, then MPS, then the CPU
     precision: str = "auto"  # auto: bf16 autocast where the hardware runs it fast, else fp32
     max_memory: int | None = None  # bytes the memory plan may use (default: the free memory)
+    transformer: str | None = None  # a taming GPT for large canvases: optimise at base_size, then slide it
+    base_size: int = 256  # with --transformer: longer side of the base image CLIP optimises first
+    anchor: float = 4.0  # with --transformer: pull of each token towards the upsampled base (0 = pure GPT)
+    temperature: float = 1.0  # with --transformer: sampling temperature
+    top_k: int | None = 100  # with --transformer: sample among the k most likely tokens (None = all)
+    top_p: float | None = None  # with --transformer: nucleus sampling threshold (None = off)
+    refine_steps: int = 0  # with --transformer: CLIP-guided steps at the full size after the pass
     frames_every: int = 1  # steps per animation frame (frames are written and transformed this often)
     zoom: float = 1.0  # animation: scale the image by this much after each frame (>1 zooms in)
     rotate: float = 0.0  # animation: degrees to rotate the image after each frame
@@ -92,6 +99,17 @@ class GenerationConfig:
         for name in self.augment:
             _choice("augment", name, AUGMENTS)
         _positive("frames_every", self.frames_every)
+        if self.transformer is not None:
+            if self.base_size < 16:
+                raise UsageError(f"--base-size {self.base_size} is too small.")
+            if self.anchor < 0 or self.temperature <= 0:
+                raise UsageError("--anchor must be at least 0 and --temperature positive.")
+            if self.top_k is not None and self.top_k < 1:
+                raise UsageError("--top-k must be at least 1.")
+            if self.top_p is not None and not 0 < self.top_p <= 1:
+                raise UsageError("--top-p must be in (0, 1].")
+            if self.refine_steps < 0:
+                raise UsageError("--refine-steps cannot be negative.")
         if not 0.1 <= self.zoom <= 10:
             raise UsageError(f"--zoom {self.zoom} is out of range (0.1 to 10; 1 means no zoom).")
         if self.max_memory is not None and self.max_memory <= 0:

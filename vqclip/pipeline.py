@@ -30,6 +30,8 @@ class Models:
     clips: list  # list[ClipModel]
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype, None for fp32
+    gpt: torch.nn.Module | None = None  # the taming GPT of --transformer
+    conditioning: object = None  # how that GPT is conditioned (vqclip.models.gpt.Conditioning)
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Result:
     steps_done: int
     models: dict  # names and sha256 of the models used
     plan: object = None  # the memory plan the run used (vqclip.memory.Plan)
+    latent: torch.Tensor | None = None  # the final latent z
+    canvas: dict | None = None  # what the transformer pass did (--transformer)
 
     def record(self) -> dict:
         """The `vqclip` PNG metadata: every setting, the seed, the models and the version."""
@@ -51,6 +55,7 @@ class Result:
             "models": self.models,
             "loss": self.loss,
             "steps_done": self.steps_done,
+            "canvas": self.canvas,
             # what decides the pixels (not the memory figures, which vary from run to run)
             "plan": {"checkpointing": self.plan.checkpointing, "clip_chunk": self.plan.clip_chunk}
             if self.plan is not None
@@ -142,6 +147,12 @@ def check_inputs(cfg: GenerationConfig) -> None:
         spec = get_spec(cfg.vqgan)
         if spec.kind not in ("vqgan", "transformer"):
             raise UsageError(f"{cfg.vqgan} is a {spec.kind} model, not a VQGAN.")
+    if cfg.transformer is not None:
+        if looks_like_path(cfg.transformer):
+            if not Path(cfg.transformer).expanduser().is_file():
+                raise UsageError(f"Transformer checkpoint {cfg.transformer} does not exist.")
+        elif get_spec(cfg.transformer).kind != "transformer":
+            raise UsageError(f"{cfg.transformer} is not a transformer model (see `vqclip models list`).")
     for name in cfg.clip:
         parse_clip_name(name)
 
@@ -152,9 +163,18 @@ def load_models(cfg: GenerationConfig, offline: bool | None = None, quiet: bool 
     from vqclip.models.clip import load_clip
 
     device = resolve_device(cfg.device)
-    vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, quiet=quiet)
+    gpt = conditioning = None
+    if cfg.transformer:  # the GPT's codes belong to its own first stage: that is the VQGAN
+        from vqclip.loading import load_transformer
+
+        gpt, vqgan, conditioning = load_transformer(cfg.transformer, device=device, offline=offline, quiet=quiet)
+        vqgan_name = cfg.transformer
+    else:
+        vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, quiet=quiet)
+        vqgan_name = cfg.vqgan
     clips = [load_clip(name, device=device, offline=offline) for name in cfg.clip]
-    models = Models(vqgan, _vqgan_sha256(cfg.vqgan), clips, device, resolve_precision(cfg.precision, device))
+    dtype = resolve_precision(cfg.precision, device)
+    models = Models(vqgan, _vqgan_sha256(vqgan_name), clips, device, dtype, gpt, conditioning)
     prepare_for_speed(models, cfg)
     return models
 
@@ -242,7 +262,7 @@ def resolve_config(cfg: GenerationConfig, models: Models) -> tuple[GenerationCon
 
 def model_record(cfg: GenerationConfig, models: Models) -> dict:
     return {
-        "vqgan": {"name": cfg.vqgan, "sha256": models.vqgan_sha256},
+        "vqgan": {"name": cfg.transformer or cfg.vqgan, "sha256": models.vqgan_sha256},
         "clip": [{"name": c.name, "sha256": c.sha256} for c in models.clips],
     }
 
@@ -254,6 +274,7 @@ def generate(
     models=None,
     callback=None,
     plan=None,
+    init_latent: torch.Tensor | None = None,
     offline: bool | None = None,
     quiet: bool = True,
 ) -> Result:
@@ -266,6 +287,7 @@ def generate(
         callback: called after every step with a dict: i, steps, loss, losses, phase, z, and
             `image()` that decodes the current latent to a PIL image.
         plan: a vqclip.memory.Plan to use instead of planning (replay uses the recorded one).
+        init_latent: start from this latent (1, C, h, w) instead of the config's init.
         offline: never download; quiet: no download progress.
 
     Returns a Result with the PIL image, the resolved config (seed and size filled in) and the loss.
@@ -280,6 +302,12 @@ def generate(
     # 2. Load the models.
     models = models or load_models(cfg, offline=offline, quiet=quiet)
     cfg, _ = resolve_config(cfg, models)
+    if cfg.transformer:
+        from vqclip.canvas import generate_canvas
+
+        result = generate_canvas(cfg, models, callback=callback, plan=plan)
+        result.seconds = time.perf_counter() - start
+        return result
     plan = plan or make_plan(models, cfg.size, cfg.cutn, max_memory=cfg.max_memory)
     models.vqgan.set_checkpointing(plan.checkpointing)
     # 3. Seed everything before anything random happens.
@@ -287,7 +315,7 @@ def generate(
     random.seed(cfg.seed)
     # 4. Encode the prompts and build the initial latent.
     guides = _targets(models, cfg)
-    z = _initial_latent(models, cfg)
+    z = init_latent.clone().float() if init_latent is not None else _initial_latent(models, cfg)
     n_phases = len(guides[0].phases)
     loss, done = float("nan"), 0
     # 5. Optimise.
@@ -314,7 +342,7 @@ def generate(
             callback(state)
     # 6. Decode.
     image = decode(models, z)
-    return Result(image, cfg, loss, time.perf_counter() - start, done, model_record(cfg, models), plan)
+    return Result(image, cfg, loss, time.perf_counter() - start, done, model_record(cfg, models), plan, z.detach())
 
 
 def decode(models: Models, z: torch.Tensor):

@@ -98,6 +98,25 @@ def generation_options(f):
             show_default=True,
             help="auto: bf16 autocast where the hardware is fast at it.",
         ),
+        click.option("--transformer", metavar="NAME|PATH", help="Large canvases: a taming GPT (e.g. cin_transformer)."),
+        click.option("--base-size", default=256, show_default=True, type=int, help="--transformer: base size."),
+        click.option(
+            "--anchor",
+            default=4.0,
+            show_default=True,
+            type=float,
+            help="--transformer: pull towards the upsampled base (0 = pure GPT sampling).",
+        ),
+        click.option("--temperature", default=1.0, show_default=True, type=float, help="--transformer: temperature."),
+        click.option("--top-k", default=100, show_default=True, type=int, help="--transformer: top-k (0 = off)."),
+        click.option("--top-p", type=float, help="--transformer: nucleus threshold."),
+        click.option(
+            "--refine-steps",
+            default=0,
+            show_default=True,
+            type=click.IntRange(0),
+            help="--transformer: CLIP steps at full size after the pass.",
+        ),
         click.option(
             "--frames-every",
             default=1,
@@ -139,9 +158,12 @@ def generation_options(f):
 CONFIG_FIELDS = (
     "size steps seed cutn cut_pow lr init init_image init_weight image_prompts noise_prompts "
     "change_prompt_every vqgan vqgan_config clip augment noise_fac device precision max_memory frames_every "
-    "zoom rotate shift"
+    "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps"
 ).split()
 
 
 def build_config(prompt: str, params: dict) -> GenerationConfig:
-    return GenerationConfig(prompt=prompt, **{k: params[k] for k in CONFIG_FIELDS})
+    values = {k: params[k] for k in CONFIG_FIELDS}
+    if values["top_k"] == 0:
+        values["top_k"] = None
+    return GenerationConfig(prompt=prompt, **values)

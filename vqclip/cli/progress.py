@@ -52,22 +52,32 @@ class StepReporter:
             self.progress.advance(self.batch_task)
 
     def __call__(self, state: dict) -> None:
+        stage = state.get("stage")
+        if stage != getattr(self, "stage", None):  # a new stage of a --transformer run: a fresh bar and ETA
+            self.stage = stage
+            self.start = time.perf_counter()
+            if self.progress:
+                self.progress.reset(self.task, total=state.get("steps", self.steps), description=stage or "generating")
         self.latest = state
         elapsed = time.perf_counter() - self.start
         i = state["i"]
+        total = state.get("steps", self.steps)
         if self.mode == "bar":
             rate = i / elapsed if elapsed else 0.0
             rate_text = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it" if rate else ""
-            self.progress.update(self.task, completed=i, rate=rate_text, loss=f"loss {state['loss']:.4f}")
+            loss = "" if state["loss"] != state["loss"] else f"loss {state['loss']:.4f}"  # NaN: no loss in this stage
+            self.progress.update(self.task, completed=i, total=total, rate=rate_text, loss=loss)
         elif self.mode == "json":
             record = {
                 "step": i,
-                "steps": self.steps,
-                "loss": round(state["loss"], 6),
+                "steps": total,
+                "loss": None if state["loss"] != state["loss"] else round(state["loss"], 6),
                 "phase": state.get("phase", 0),
                 "elapsed": round(elapsed, 3),
-                "eta": round(elapsed / i * (self.steps - i), 3),
+                "eta": round(elapsed / i * (total - i), 3),
             }
+            if stage:
+                record["stage"] = stage
             if self.images is not None:
                 record.update(image=self.image, images=self.images)
             print(json.dumps(record), file=sys.stderr, flush=True)

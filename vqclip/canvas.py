@@ -1,0 +1,121 @@
+"""Large canvases (design section 5): optimise at a base size, upsample the token grid, resample it with
+the taming GPT in sliding 16x16 windows under an anchor prior towards the upsampled base, then refine.
+
+The GPT continues the VQGAN's token statistics at sizes CLIP optimisation alone handles poorly; the
+anchor keeps the composition CLIP found (anchor 0 is pure GPT sampling, a large anchor keeps the base).
+"""
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from vqclip.sliding import sample_tokens
+
+
+def upsample_tokens(vqgan, z: torch.Tensor, height: int, width: int):
+    """Base latent (1, C, h, w) -> (embedding-space upsampled latent, its nearest codes) at height x width."""
+    z_up = F.interpolate(z.float(), size=(height, width), mode="bilinear", align_corners=False)
+    return z_up, vqgan.nearest(z_up)
+
+
+def anchor_bias(vqgan, z_up: torch.Tensor, strength: float):
+    """Logit bias -strength * |e_k - z_up(i, j)|^2 / mean distance: a prior towards the upsampled base."""
+    codebook = vqgan.codebook.float()  # (n, C)
+    sq = codebook.pow(2).sum(1)
+
+    def bias(batch, rows, cols):
+        target = z_up[batch, :, rows, cols].float()  # (N, C)
+        d = sq[None] + target.pow(2).sum(1, keepdim=True) - 2 * target @ codebook.t()  # (N, n)
+        return -strength * d / d.mean(1, keepdim=True).clamp(min=1e-8)
+
+    return bias
+
+
+@torch.no_grad()
+def choose_class(clip, prompt_text: str, n_classes: int) -> tuple[int, str]:
+    """CLIP zero-shot: the ImageNet class whose name is most similar to the prompt."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    names = list(IMAGENET_CLASSNAMES[:n_classes])
+    classes = F.normalize(clip.encode_text([f"a photo of a {n}." for n in names]), dim=-1)
+    prompt = F.normalize(clip.encode_text([prompt_text]), dim=-1)
+    k = int((classes @ prompt.t()).argmax())
+    return k, names[k]
+
+
+def generate_canvas(cfg, models, callback=None, plan=None):
+    """The four stages; returns the pipeline Result with a `canvas` record of what the pass did."""
+    from vqclip.memory import make_plan
+    from vqclip.pipeline import Result, decode, generate, model_record
+    from vqclip.prompts import parse_story
+
+    vqgan, f = models.vqgan, models.vqgan.factor
+    width, height = cfg.size
+
+    def stage(name):
+        def report(state):
+            if callback is not None:
+                callback({**state, "stage": name})
+
+        return report
+
+    # 1. Optimise at the base size.
+    base_cfg = replace(cfg, transformer=None, size=base_size(cfg.size, cfg.base_size, f))
+    base = generate(base_cfg, models=models, callback=stage("base"))
+    # 2. Upsample the token grid in embedding space and re-quantise.
+    z_up, idx_up = upsample_tokens(vqgan, base.latent, height // f, width // f)
+    # 3. The sliding-window pass with the anchor prior.
+    cond = models.conditioning
+    chosen = None
+    if cond.kind == "class":
+        text = " ".join(p.text for p in (parse_story(cfg.prompt) or [[]])[0]) or "a photo"
+        chosen = choose_class(models.clips[0], text, cond.n_classes)
+        token = chosen[0]
+    else:
+        token = cond.sos_token
+    gen = torch.Generator().manual_seed(cfg.seed)
+    cond_tokens = torch.tensor([[token]], device=idx_up.device)
+    calls = {"n": 0}
+
+    def sliding_progress(state):
+        calls["n"] = state["calls"]
+        stage("transformer")({"i": state["call"], "steps": state["calls"], "loss": float("nan"), "phase": 0})
+
+    idx = sample_tokens(
+        models.gpt,
+        idx_up,
+        cond_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        bias=anchor_bias(vqgan, z_up, cfg.anchor) if cfg.anchor else None,
+        generator=gen,
+        callback=sliding_progress,
+    )
+    kept = float((idx == idx_up).float().mean())
+    z = vqgan.embed(idx).float()
+    loss = base.loss
+    # 4. Optionally refine with CLIP at the full size (the memory plan turns checkpointing on as needed).
+    if cfg.refine_steps:
+        refine_cfg = replace(cfg, transformer=None, steps=cfg.refine_steps, init="tokens")
+        plan = plan or make_plan(models, cfg.size, cfg.cutn, max_memory=cfg.max_memory)
+        refined = generate(refine_cfg, models=models, callback=stage("refine"), plan=plan, init_latent=z)
+        z, loss = refined.latent, refined.loss
+    image = decode(models, z)
+    record = {
+        "base_size": list(base_cfg.size),
+        "class": chosen[0] if chosen else None,
+        "class_name": chosen[1] if chosen else None,
+        "kept_fraction": round(kept, 4),
+        "gpt_calls": calls["n"],
+    }
+    result = Result(image, cfg, loss, 0.0, cfg.steps + cfg.refine_steps, model_record(cfg, models), plan, z)
+    result.canvas = record
+    return result
+
+
+def base_size(size: tuple[int, int], longer_side: int, f: int) -> tuple[int, int]:
+    """The base image: the canvas's aspect ratio with its longer side at `longer_side` (multiples of f)."""
+    scale = min(1.0, longer_side / max(size))
+    return tuple(max(f, round(s * scale / f) * f) for s in size)
