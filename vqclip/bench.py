@@ -55,7 +55,7 @@ def peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 4096, repeats: int = 3) -> float:
     """Achieved FLOP/s of an n x n matmul in `dtype`: the machine's reference rate."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)

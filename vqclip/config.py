@@ -67,6 +67,7 @@ class GenerationConfig:
     top_k: int | None = 100  # with --transformer: sample among the k most likely tokens (None = all)
     top_p: float | None = None  # with --transformer: nucleus sampling threshold (None = off)
     refine_steps: int = 0  # with --transformer: CLIP-guided steps at the full size after the pass
+    upscale: int = 1  # Real-ESRGAN after generation: 1 (off), 2 or 4
     frames_every: int = 1  # steps per animation frame (frames are written and transformed this often)
     zoom: float = 1.0  # animation: scale the image by this much after each frame (>1 zooms in)
     rotate: float = 0.0  # animation: degrees to rotate the image after each frame
@@ -99,6 +100,7 @@ class GenerationConfig:
         for name in self.augment:
             _choice("augment", name, AUGMENTS)
         _positive("frames_every", self.frames_every)
+        _choice("upscale", self.upscale, (1, 2, 4))
         if self.transformer is not None:
             if self.base_size < 16:
                 raise UsageError(f"--base-size {self.base_size} is too small.")
@@ -141,4 +143,4 @@ def _positive(name: str, value: int) -> None:
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UsageError(f"--{name} {value!r} is not one of {', '.join(choices)}.")
+        raise UsageError(f"--{name} {value!r} is not one of {', '.join(map(str, choices))}.")

@@ -32,6 +32,8 @@ class Models:
     dtype: torch.dtype | None  # autocast dtype, None for fp32
     gpt: torch.nn.Module | None = None  # the taming GPT of --transformer
     conditioning: object = None  # how that GPT is conditioned (vqclip.models.gpt.Conditioning)
+    upscaler: object = None  # Real-ESRGAN (spandrel), loaded on the first --upscale
+    upscaler_record: dict | None = None  # its name and sha256
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Result:
     plan: object = None  # the memory plan the run used (vqclip.memory.Plan)
     latent: torch.Tensor | None = None  # the final latent z
     canvas: dict | None = None  # what the transformer pass did (--transformer)
+    upscale: dict | None = None  # the upscaler, factor and tile size (--upscale)
 
     def record(self) -> dict:
         """The `vqclip` PNG metadata: every setting, the seed, the models and the version."""
@@ -56,6 +59,7 @@ class Result:
             "loss": self.loss,
             "steps_done": self.steps_done,
             "canvas": self.canvas,
+            "upscale": self.upscale,
             # what decides the pixels (not the memory figures, which vary from run to run)
             "plan": {"checkpointing": self.plan.checkpointing, "clip_chunk": self.plan.clip_chunk}
             if self.plan is not None

@@ -175,7 +175,23 @@ def run_one(cfg, models, path, overwrite, save_every, mode, quiet, plan=None, si
             reporter.__exit__(None, None, None)
     if progress_path.exists():
         progress_path.unlink()
+    if cfg.upscale > 1:
+        apply_upscale(result, models, cfg.upscale, reporter)
     return save(result)
+
+
+def apply_upscale(result, models, factor: int, reporter=None, tile: int = 256) -> None:
+    """Upscale a result in place with the registry's Real-ESRGAN (loaded once per process)."""
+    from vqclip.download import sha256_file
+    from vqclip.pretrained import DEFAULT_UPSCALER
+    from vqclip.upscale import load_upscaler, resolve_upscaler, upscale_image
+
+    if getattr(models, "upscaler", None) is None:
+        path = resolve_upscaler(DEFAULT_UPSCALER)
+        models.upscaler = load_upscaler(path, models.device)
+        models.upscaler_record = {"model": DEFAULT_UPSCALER, "sha256": sha256_file(path)}
+    result.image = upscale_image(models.upscaler, result.image, factor, tile, callback=reporter)
+    result.upscale = {**models.upscaler_record, "factor": factor, "tile": tile}
 
 
 def _silence_stdout() -> None:
@@ -264,3 +280,53 @@ def _read_text(path: str) -> str:
         return Path(path).expanduser().read_text()
     except OSError as err:
         raise UsageError(f"Cannot read the prompt file {path}: {err.strerror}.") from None
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--scale", default=4, show_default=True, type=click.Choice([2, 4]), help="Upscaling factor.")
+@click.option("--model", default=None, help="Registry name or weights file [default: realesrgan_x4plus].")
+@click.option("--tile", default=256, show_default=True, type=click.IntRange(0), help="Tile size (0 = whole image).")
+@click.option("-o", "--output", help="Output file (one image) or folder [default: IMAGE_xSCALE.png beside it].")
+@click.option("--overwrite", is_flag=True)
+@click.option("--device", type=click.Choice(["auto", "cuda", "mps", "cpu"]), default="auto", show_default=True)
+@click.option("--offline", is_flag=True, help="Never use the network.")
+@click.option("--quiet", "-q", is_flag=True)
+def upscale(images, scale, model, tile, output, overwrite, device, offline, quiet):
+    """Upscale existing images with Real-ESRGAN; vqclip metadata is carried over and records the upscale."""
+    import json
+
+    from vqclip.download import sha256_file
+    from vqclip.images import open_image
+    from vqclip.output import png_info, save_png
+    from vqclip.pretrained import DEFAULT_UPSCALER
+
+    pictures = [open_image(p) for p in images]  # every input is checked before the model loads
+    if output and len(images) > 1 and not (Path(output).is_dir() or output.endswith(("/", os.sep))):
+        raise UsageError("-o must be a folder when several images are given.")
+    from vqclip.pipeline import resolve_device
+    from vqclip.upscale import load_upscaler, resolve_upscaler, upscale_image
+
+    name = model or DEFAULT_UPSCALER
+    path = resolve_upscaler(name, offline=offline or None, quiet=quiet)
+    upscaler = load_upscaler(path, resolve_device(device))
+    record = {"model": name, "sha256": sha256_file(path), "factor": scale, "tile": tile}
+    mode = "none" if quiet else "bar"
+    for source, picture in zip(images, pictures, strict=True):
+        with StepReporter(mode, 1) as reporter:
+            big = upscale_image(upscaler, picture, scale, tile, callback=reporter)
+        texts = _png_texts(source)
+        meta = json.loads(texts["vqclip"]) if "vqclip" in texts else {}
+        meta["upscale"] = record
+        parameters = texts.get("parameters", "") + f"\nUpscale: x{scale} ({name})"
+        target = Path(output) if output else Path(source).with_name(f"{Path(source).stem}_x{scale}.png")
+        if target.is_dir() or (output or "").endswith(("/", os.sep)):
+            target = target / f"{Path(source).stem}_x{scale}.png"
+        click.echo(str(save_png(big, target, png_info(parameters.strip(), meta), overwrite)))
+
+
+def _png_texts(path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return dict(getattr(im, "text", {}) or {})

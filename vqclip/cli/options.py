@@ -118,6 +118,13 @@ def generation_options(f):
             help="--transformer: CLIP steps at full size after the pass.",
         ),
         click.option(
+            "--upscale",
+            default=1,
+            show_default=True,
+            type=click.Choice([1, 2, 4]),
+            help="Real-ESRGAN upscaling of the result (2 = the x4 model, then a Lanczos downscale).",
+        ),
+        click.option(
             "--frames-every",
             default=1,
             show_default=True,
@@ -158,7 +165,7 @@ def generation_options(f):
 CONFIG_FIELDS = (
     "size steps seed cutn cut_pow lr init init_image init_weight image_prompts noise_prompts "
     "change_prompt_every vqgan vqgan_config clip augment noise_fac device precision max_memory frames_every "
-    "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps"
+    "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps upscale"
 ).split()
 
 

@@ -1,0 +1,82 @@
+"""Real-ESRGAN super-resolution (Wang et al. 2021) through spandrel, which loads the published weights
+without basicsr and with a restricted unpickler. Inference is tiled with overlap, so memory is bounded by
+the tile size, not by the image size."""
+
+from pathlib import Path
+
+import torch
+
+from vqclip.errors import UsageError, WeightsError
+
+
+def load_upscaler(path: str | Path, device="cpu"):
+    """A spandrel ImageModelDescriptor for a super-resolution checkpoint (e.g. RealESRGAN_x4plus.pth)."""
+    import spandrel
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"Upscaler weights {path} do not exist.")
+    try:
+        model = spandrel.ModelLoader().load_from_file(path)
+    except Exception as err:  # spandrel raises many kinds: unpickling, unknown architecture, shapes
+        raise WeightsError(
+            f"{path} is not a loadable super-resolution model ({str(err).splitlines()[0][:200]}).",
+            "Run `vqclip models verify realesrgan_x4plus` (or delete the file) to fetch a fresh copy.",
+        ) from err
+    if not isinstance(model, spandrel.ImageModelDescriptor):
+        raise WeightsError(f"{path} is not an image-to-image model.")
+    model = model.to(device).eval()
+    if torch.device(device).type == "cuda":  # half precision on GPUs, where the model supports it
+        if model.supports_bfloat16 and torch.cuda.is_bf16_supported():
+            model = model.bfloat16()
+        elif model.supports_half:
+            model = model.half()
+    return model
+
+
+def resolve_upscaler(name: str, offline=None, quiet=False) -> Path:
+    """A registry name (downloaded and verified on first use) or a local weights file."""
+    from vqclip.registry import fetch_model, looks_like_path
+
+    if looks_like_path(name):
+        return Path(name).expanduser()
+    return fetch_model(name, kind="upscaler", offline=offline, quiet=quiet).checkpoint
+
+
+@torch.no_grad()
+def upscale_tensor(model, image: torch.Tensor, tile: int = 256, overlap: int = 16, callback=None) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1] -> (1, 3, sH, sW). Tiles of `tile` input pixels see `overlap` pixels of
+    context on each side; only their centres are kept, so seams match the untiled result."""
+    s = model.scale
+    _, c, h, w = image.shape
+    dtype = next(model.model.parameters()).dtype
+    image = image.to(dtype)
+    if not tile or (h <= tile and w <= tile):
+        return model(image).float().clamp(0, 1)
+    out = torch.zeros(1, c, h * s, w * s, dtype=image.dtype, device=image.device)
+    boxes = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
+    for n, (y0, x0) in enumerate(boxes):
+        y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+        py0, px0 = max(y0 - overlap, 0), max(x0 - overlap, 0)
+        py1, px1 = min(y1 + overlap, h), min(x1 + overlap, w)
+        piece = model(image[:, :, py0:py1, px0:px1])
+        oy, ox = (y0 - py0) * s, (x0 - px0) * s
+        out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = piece[:, :, oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s]
+        if callback is not None:
+            callback({"i": n + 1, "steps": len(boxes), "loss": float("nan"), "stage": "upscale"})
+    return out.float().clamp(0, 1)
+
+
+def upscale_image(model, image, factor: int, tile: int = 256, callback=None):
+    """A PIL image upscaled by `factor` (2 or 4): the x4 model, then a Lanczos downscale for 2."""
+    from PIL import Image
+
+    from vqclip.images import to_pil, to_tensor
+
+    if factor not in (2, 4) or factor > model.scale:
+        raise UsageError(f"--upscale {factor} is not possible with a x{model.scale} model (use 2 or 4).")
+    device = next(model.model.parameters()).device
+    out = to_pil(upscale_tensor(model, to_tensor(image).to(device), tile=tile, callback=callback))
+    if factor != model.scale:
+        out = out.resize((image.width * factor, image.height * factor), Image.Resampling.LANCZOS)
+    return out
