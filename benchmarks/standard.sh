@@ -10,3 +10,4 @@ echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | c
 "$VQCLIP" bench --json --steps 1 --size 768 --max-memory 6G
 "$VQCLIP" bench --json --steps 1 --size 384 --checkpointing off --precision auto
 "$PY" benchmarks/sliding.py --sizes 32 64
+"$PY" benchmarks/upscale.py --size 192 --tiles 0 64
