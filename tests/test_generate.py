@@ -216,3 +216,41 @@ def test_missing_weights_offline_is_exit_3(tmp_path):
     err = r.stderr.decode()
     assert "vqgan_imagenet_f16_16384 (model.ckpt) is not in the cache" in err
     assert "vqclip models download vqgan_imagenet_f16_16384" in err
+
+
+def test_ctrl_c_saves_the_latest_image_and_exits_130(f16, tiny_clip, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "vqclip",
+        "a cat",
+        "--vqgan",
+        f16,
+        "--clip",
+        tiny_clip,
+        "--size",
+        "64",
+        "--steps",
+        "100000",
+        "--cutn",
+        "2",
+        "--progress",
+        "json",
+        "-o",
+        str(tmp_path / "cat.png"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until a few steps are done
+        if line.startswith('{"step": 3,'):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert out.strip() == str(tmp_path / "cat.png")
+    with Image.open(tmp_path / "cat.png") as im:
+        record = json.loads(im.text["vqclip"])
+    assert record["steps_done"] >= 3 and record["config"]["steps"] == 100000
