@@ -196,6 +196,10 @@ def prepare_for_speed(models: Models, cfg: GenerationConfig) -> None:
             clip.cast(models.dtype)
     if not needs_encoder(cfg):
         models.vqgan.drop_encoder()
+    if cfg.compile:
+        models.vqgan.decoder.compile()
+        for clip in models.clips:
+            clip.compile()
 
 
 def _vqgan_sha256(name: str) -> str | None:

@@ -38,8 +38,14 @@ class ClipModel:
         """(N, 3, s, s) in [0, 1] at `input_size` -> (N, D) embeddings (not normalised)."""
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         if fast_vit_supported(self.model.visual):
-            return fast_vit_forward(self.model.visual, x)
+            return self.vit_forward(self.model.visual, x)
         return self.model.encode_image(x)
+
+    vit_forward = staticmethod(lambda visual, x: fast_vit_forward(visual, x))
+
+    def compile(self) -> None:
+        """torch.compile the image tower's forward (fuses the elementwise work around the matmuls)."""
+        self.vit_forward = torch.compile(fast_vit_forward)
 
     def cast(self, dtype: torch.dtype) -> None:
         """Keep the frozen weights in `dtype` once, instead of autocast re-casting them every step."""
