@@ -3,12 +3,12 @@
 canvas, by a GPT that sees the conditioning token and the window's tokens before it in raster order.
 
 Two schedules produce the same tokens under greedy decoding:
-- "raster": the reference order, one position per GPT call;
+- "raster": the reference (taming's loop): one position per GPT call, the whole window fed;
 - "wavefront": every position whose window inputs are final is computed in the same GPT call. A token
   needs its left neighbour and the row above up to the right edge of its window, so row i can start
-  once row i-1 has passed column 15, and each row ends right after the one above.
-Each call feeds only the causal prefix of the window up to the sampled position (later tokens are
-masked anyway), which halves the work in the interior.
+  once row i-1 has passed column 15, and each row ends right after the one above. Each call feeds only
+  the causal prefix of each window up to the sampled position (later tokens are masked anyway), which
+  halves the work in the interior.
 """
 
 from collections.abc import Callable
@@ -103,10 +103,11 @@ def sample_tokens(
         local = (rows - r0) * ww + (cols - c0)  # tokens of the window before the sampled one
         flat = (r0 * width + c0)[:, None] + offsets[None, :]  # (N, wh*ww) grid indices of each window
         n = len(group)
-        seq_len = int(local.max()) + 1
+        # the reference feeds the whole window (cond + all but its last token); the wavefront only the prefix
+        seq_len = wh * ww if order == "raster" else int(local.max()) + 1
         windows = grid[:, flat[:, : seq_len - 1]].reshape(b * n, seq_len - 1)  # (B*N, L-1)
         seq = torch.cat([cond.repeat_interleave(n, 0).reshape(b * n, 1), windows], 1)
-        lengths = (local + 1).repeat(b)
+        lengths = (local + 1).repeat(b)  # the output at index `local` predicts the sampled token
         logits = gpt.last_logits(seq, lengths).float()  # (B*N, vocab)
         if bias is not None:
             batch = torch.arange(b, device=idx.device).repeat_interleave(n)

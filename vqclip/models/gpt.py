@@ -74,8 +74,8 @@ class GPT(nn.Module):
         return self.head(self.ln_f(self.blocks(x)))
 
     def last_logits(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits (B, vocab) at position lengths[b] - 1 of each right-padded row (causality makes the
-        padding invisible to the positions before it)."""
+        """Logits (B, vocab) at position lengths[b] - 1 of each row (causality makes whatever follows
+        that position, padding included, invisible to it)."""
         x = self.tok_emb(idx) + self.pos_emb[:, : idx.shape[1]]
         h = self.blocks(x)
         last = h[torch.arange(idx.shape[0], device=idx.device), lengths - 1]  # (B, n_embd)
