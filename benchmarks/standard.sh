@@ -8,6 +8,6 @@ PY=${PY:-.venv/bin/python}
 echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), torch $($PY -c 'import torch; print(torch.__version__)')"
 "$VQCLIP" bench --json --steps 3 --size 128 --size 256 --size 384 --precision auto --precision fp32
 "$VQCLIP" bench --json --steps 1 --size 768 --max-memory 6G
-"$VQCLIP" bench --json --steps 1 --size 384 --checkpointing off --precision auto
+"$VQCLIP" bench --json --steps 2 --size 384 --max-memory 2.8G
 "$PY" benchmarks/sliding.py --sizes 32 64
 "$PY" benchmarks/upscale.py --size 192 --tiles 0 64

@@ -75,11 +75,27 @@ class GPT(nn.Module):
 
     def last_logits(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits (B, vocab) at position lengths[b] - 1 of each row (causality makes whatever follows
-        that position, padding included, invisible to it)."""
-        x = self.tok_emb(idx) + self.pos_emb[:, : idx.shape[1]]
-        h = self.blocks(x)
-        last = h[torch.arange(idx.shape[0], device=idx.device), lengths - 1]  # (B, n_embd)
-        return self.head(self.ln_f(last))
+        that position, padding included, invisible to it).
+
+        Only that position's output is needed, so the last block computes keys and values for every
+        position but its query, attention output and MLP for that one position alone.
+        """
+        b, t = idx.shape
+        x = self.tok_emb(idx) + self.pos_emb[:, :t]
+        for block in self.blocks[:-1]:
+            x = block(x)
+        block, attn = self.blocks[-1], self.blocks[-1].attn
+        rows, pos = torch.arange(b, device=idx.device), lengths - 1
+        h = block.ln1(x)  # (b, t, c)
+        c, heads = h.shape[-1], attn.n_head
+        k = attn.key(h).view(b, t, heads, c // heads).transpose(1, 2)  # (b, heads, t, hd)
+        v = attn.value(h).view(b, t, heads, c // heads).transpose(1, 2)
+        q = attn.query(h[rows, pos]).view(b, heads, 1, c // heads)
+        visible = (torch.arange(t, device=idx.device)[None, :] <= pos[:, None]).view(b, 1, 1, t)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible).reshape(b, c)
+        out = x[rows, pos] + attn.proj(y)  # (b, c)
+        out = out + block.mlp(block.ln2(out))
+        return self.head(self.ln_f(out))
 
 
 @dataclass(frozen=True)
