@@ -96,3 +96,15 @@ def test_too_little_memory_is_exit_4_before_the_first_step(fixtures, tiny_clip, 
     assert "needs about" in err and "available" in err
     assert '"step"' not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_reports_every_stage_and_the_plan():
+    import json
+
+    r = run_cli("bench", "--size", "32", "--steps", "1", "--cutn", "2", "--json", "--no-isolate")
+    assert r.returncode == 0, r.stderr.decode()
+    row = json.loads(r.stdout.decode().splitlines()[-1])
+    assert row["weights"] == "random" and row["size"] == [32, 32]
+    assert set(row["stages_s"]) == {"decoder", "cutouts", "clip", "backward", "optimiser"}
+    assert row["flops_per_step"] > 0 and 0 < row["rate_fraction"] and row["peak_memory"] > 0
+    assert set(row["plan"]) >= {"checkpointing", "clip_chunk", "estimate", "budget"}

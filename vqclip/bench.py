@@ -23,26 +23,26 @@ def random_models(cfg: GenerationConfig) -> Models:
     """The architectures a config names, with random weights (for benchmarks when weights are absent)."""
     import open_clip
 
+    from vqclip.errors import UsageError
     from vqclip.loading import read_yaml, vqgan_config
-    from vqclip.models.clip import ClipModel, parse_clip_name
+    from vqclip.models.clip import parse_clip_name, wrap_clip
     from vqclip.models.vqgan import VQGAN
     from vqclip.registry import get_spec
 
     device = resolve_device(cfg.device)
     spec = get_spec(cfg.vqgan)
-    data = spec.config_data or read_yaml(spec.local_config) if spec.config_data or spec.local_config else None
-    if data is None:
-        raise ValueError(f"{cfg.vqgan} has no inline config; benchmark a model whose config is known")
+    if spec.config_data is not None:
+        data = spec.config_data
+    elif spec.local_config:
+        data = read_yaml(spec.local_config)
+    else:
+        raise UsageError(f"Benchmarking {cfg.vqgan} with random weights needs its config inline or as a local file.")
     vqgan = VQGAN(vqgan_config(data)).eval().requires_grad_(False).to(device)
     clips = []
     for name in cfg.clip:
-        source = parse_clip_name(name)
-        model = open_clip.create_model(source.arch).eval().requires_grad_(False)
-        size = model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
-        std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
-        clips.append(ClipModel(name, model, size, mean, std, open_clip.get_tokenizer(source.arch), None).to(device))
+        arch = parse_clip_name(name).arch
+        model = open_clip.create_model(arch).eval().requires_grad_(False)
+        clips.append(wrap_clip(name, model, open_clip.get_tokenizer(arch), None).to(device))
     models = Models(vqgan, None, clips, device, resolve_precision(cfg.precision, device))
     prepare_for_speed(models, cfg)
     return models

@@ -260,10 +260,14 @@ def load_clip(name: str, device="cpu", offline: bool | None = None) -> ClipModel
             ) from err
         raise WeightsError(f"Could not load CLIP {name}: {err}") from err
     model.eval().requires_grad_(False)
+    return wrap_clip(name, model, open_clip.get_tokenizer(source.arch), _weights_sha256(source)).to(device)
+
+
+def wrap_clip(name: str, model, tokenizer, sha256: str | None) -> ClipModel:
+    """A ClipModel around an open_clip model: its input size and normalisation (OpenAI's by default)."""
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
     mean = torch.tensor(pre.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)
     std = torch.tensor(pre.get("std", OPENAI_STD)).view(1, 3, 1, 1)
-    clip = ClipModel(name, model, size, mean, std, open_clip.get_tokenizer(source.arch), _weights_sha256(source))
-    return clip.to(device)
+    return ClipModel(name, model, size, mean, std, tokenizer, sha256)
