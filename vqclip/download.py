@@ -224,18 +224,19 @@ def fetch(target: Target, offline: bool | None = None, quiet: bool = False, sess
 
 def _fetch_locked(target: Target, label: str, quiet: bool, session) -> Path:
     part = target.path.with_name(target.path.name + ".part")
-    tried = []
+    tried = []  # one "url: why (tries)" per URL
     for url in target.urls:
         delay = BACKOFF
         for attempt in range(1, RETRIES + 1):
             try:
                 digest = _transfer(url, part, target, label, quiet, session)
             except _Transient as err:
-                tried.append(f"{url}: {err}")
-                if attempt < RETRIES:
-                    log(f"{label}: {err}; retrying in {delay:.0f} s", quiet)
-                    time.sleep(delay)
-                    delay *= 2
+                if attempt == RETRIES:
+                    tried.append(f"{url}: {err} ({RETRIES} tries)")
+                    break
+                log(f"{label}: {err}; retrying in {delay:.0f} s", quiet)
+                time.sleep(delay)
+                delay *= 2
                 continue
             except _Permanent as err:
                 tried.append(f"{url}: {err}")

@@ -1,4 +1,4 @@
-"""`vqclip generate` (also `vqclip "PROMPT"`), `vqclip replay` and `vqclip batch`."""
+"""`vqclip generate` (also `vqclip "PROMPT"`), `vqclip replay`, `vqclip batch` and `vqclip upscale`."""
 
 import os
 import random
