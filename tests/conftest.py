@@ -71,6 +71,11 @@ def tiny_clip2(tmp_path_factory) -> str:
     return make_tiny_clip(tmp_path_factory.mktemp("clip2"), name="TinyCLIP-two", seed=1)
 
 
+def tiny_args(vqgan, clip, size="64", cutn="2") -> list[str]:
+    """The CLI options that select the tiny fixture models."""
+    return ["--vqgan", str(vqgan), "--clip", clip, "--size", str(size), "--cutn", str(cutn)]
+
+
 def run_cli(*args, cwd=None, env=None, input=None, timeout=300):
     """Run `python -m vqclip ...` as a real subprocess."""
     full_env = {**os.environ, **(env or {})}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_args
 from vqclip.config import GenerationConfig
 from vqclip.pipeline import generate, load_models
 
@@ -127,22 +127,7 @@ def test_stdout_is_only_the_path_and_nothing_is_overwritten(f16, tiny_clip, tmp_
 
 
 def test_json_progress(f16, tiny_clip, tmp_path):
-    r = run_cli(
-        "a cat",
-        "--vqgan",
-        f16,
-        "--clip",
-        tiny_clip,
-        "--size",
-        "64",
-        "--steps",
-        "3",
-        "--cutn",
-        "2",
-        "--progress",
-        "json",
-        cwd=tmp_path,
-    )
+    r = run_cli("a cat", *tiny_args(f16, tiny_clip), "--steps", "3", "--progress", "json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
     lines = [json.loads(x) for x in r.stderr.decode().splitlines() if x.startswith("{")]
     assert [x["step"] for x in lines] == [1, 2, 3]
@@ -228,16 +213,9 @@ def test_ctrl_c_saves_the_latest_image_and_exits_130(f16, tiny_clip, tmp_path):
         "-m",
         "vqclip",
         "a cat",
-        "--vqgan",
-        f16,
-        "--clip",
-        tiny_clip,
-        "--size",
-        "64",
+        *tiny_args(f16, tiny_clip),
         "--steps",
         "100000",
-        "--cutn",
-        "2",
         "--progress",
         "json",
         "-o",

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_args
 from vqclip.config import GenerationConfig
 from vqclip.errors import OutOfMemoryError
 from vqclip.memory import estimate, largest_square, make_plan
@@ -77,20 +77,8 @@ def test_bf16_and_fp32_losses_agree(models_and_cfg):
 
 
 def test_too_little_memory_is_exit_4_before_the_first_step(fixtures, tiny_clip, tmp_path):
-    r = run_cli(
-        "a cat",
-        "--vqgan",
-        fixtures / "vqgan_tiny_f16.ckpt",
-        "--clip",
-        tiny_clip,
-        "--size",
-        "64",
-        "--max-memory",
-        "10M",
-        "--progress",
-        "json",
-        cwd=tmp_path,
-    )
+    args = tiny_args(fixtures / "vqgan_tiny_f16.ckpt", tiny_clip)
+    r = run_cli("a cat", *args, "--max-memory", "10M", "--progress", "json", cwd=tmp_path)
     assert r.returncode == 4, r.stderr.decode()
     err = r.stderr.decode()
     assert "needs about" in err and "available" in err

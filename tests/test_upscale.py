@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_args
 from vqclip.upscale import load_upscaler, upscale_tensor
 
 
@@ -109,24 +109,8 @@ def test_bad_inputs(tiny_esrgan, picture, tmp_path, case, code, message):
 def test_generate_with_upscale_uses_the_registry_entry(fixtures, tiny_clip, tiny_esrgan, tmp_path, isolated):
     # a user entry with the registry's name and a local file: the same resolution path as a download
     (isolated / "config.toml").write_text(f'[models.realesrgan_x4plus]\nkind = "upscaler"\npath = "{tiny_esrgan}"\n')
-    r = run_cli(
-        "a cat",
-        "--vqgan",
-        fixtures / "vqgan_tiny_f16.ckpt",
-        "--clip",
-        tiny_clip,
-        "--size",
-        "32",
-        "--steps",
-        "2",
-        "--cutn",
-        "2",
-        "--upscale",
-        "2",
-        "-o",
-        tmp_path / "up.png",
-        "-q",
-    )
+    args = tiny_args(fixtures / "vqgan_tiny_f16.ckpt", tiny_clip, size=32)
+    r = run_cli("a cat", *args, "--steps", "2", "--upscale", "2", "-o", tmp_path / "up.png", "-q")
     assert r.returncode == 0, r.stderr.decode()
     with Image.open(tmp_path / "up.png") as im:
         assert im.size == (64, 64)

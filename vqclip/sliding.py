@@ -16,8 +16,11 @@ from collections.abc import Callable
 import torch
 
 
-def window_start(pos: int, size: int, window: int = 16) -> int:
-    """First row/column of the window for a token at `pos` on a side of `size` (centred, clamped)."""
+def window_start(pos, size: int, window: int = 16):
+    """First row/column of the window for a token at `pos` on a side of `size` (centred, clamped);
+    `pos` may be an int or a tensor of positions."""
+    if isinstance(pos, torch.Tensor):
+        return (pos - window // 2).clamp(0, size - window)
     return min(max(pos - window // 2, 0), size - window)
 
 
@@ -98,8 +101,7 @@ def sample_tokens(
     for call, group in enumerate(groups):
         rows = torch.tensor([p[0] for p in group], device=idx.device)
         cols = torch.tensor([p[1] for p in group], device=idx.device)
-        r0 = rows.clamp(min=wh // 2).sub(wh // 2).clamp(max=height - wh)  # window_start, vectorised
-        c0 = cols.clamp(min=ww // 2).sub(ww // 2).clamp(max=width - ww)
+        r0, c0 = window_start(rows, height, wh), window_start(cols, width, ww)
         local = (rows - r0) * ww + (cols - c0)  # tokens of the window before the sampled one
         flat = (r0 * width + c0)[:, None] + offsets[None, :]  # (N, wh*ww) grid indices of each window
         n = len(group)
