@@ -96,3 +96,4 @@ def test_bench_reports_every_stage_and_the_plan():
     assert set(row["stages_s"]) == {"decoder", "cutouts", "clip", "backward", "optimiser"}
     assert row["flops_per_step"] > 0 and 0 < row["rate_fraction"] and row["peak_memory"] > 0
     assert set(row["plan"]) >= {"checkpointing", "clip_chunk", "estimate", "budget"}
+    assert 0 < row["largest_square"]["no_checkpointing"] < row["largest_square"]["checkpointing"]

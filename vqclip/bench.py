@@ -156,7 +156,7 @@ def run_bench(
     checkpointing: str = "auto",
 ) -> dict:
     """One benchmark configuration: the memory plan, per-stage times, FLOPs, peak memory and FLOP share."""
-    from vqclip.memory import make_plan
+    from vqclip.memory import largest_square, make_plan
     from vqclip.pipeline import load_models
 
     models = random_models(cfg) if random_weights else load_models(cfg)
@@ -174,6 +174,11 @@ def run_bench(
         **result,
         "matmul_rate": rate,
         "rate_fraction": result["flop_rate"] / rate,
+        # how the largest canvas under this budget grows when the plan may checkpoint (estimates)
+        "largest_square": {
+            "no_checkpointing": largest_square(models, cfg.cutn, plan.budget, checkpointing=False),
+            "checkpointing": largest_square(models, cfg.cutn, plan.budget, checkpointing=True),
+        },
         "threads": torch.get_num_threads(),
     }
 

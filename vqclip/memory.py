@@ -105,12 +105,12 @@ def make_plan(models, size, cutn: int, max_memory: int | None = None, checkpoint
     )
 
 
-def largest_square(models, cutn: int, budget: int) -> int:
+def largest_square(models, cutn: int, budget: int, checkpointing: bool = True) -> int:
     """The largest square side (a multiple of the VQGAN factor) whose lightest plan fits the budget."""
     f = models.vqgan.factor
     best = 0
     side = f
-    while side <= 16384 and estimate(models, (side, side), cutn, True, 1) <= budget:
+    while side <= 16384 and estimate(models, (side, side), cutn, checkpointing, 1) <= budget:
         best = side
         side += f
     return best
