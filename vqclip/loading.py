@@ -36,10 +36,6 @@ def vqgan_section(data: dict) -> dict:
     return model
 
 
-def is_transformer_config(data: dict) -> bool:
-    return "first_stage_config" in data["model"].get("params", {})
-
-
 def vqgan_config(data: dict) -> VQGANConfig:
     """VQGANConfig from a parsed taming yaml (VQModel, GumbelVQ, or a transformer's first stage)."""
     section = vqgan_section(data)
