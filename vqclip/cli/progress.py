@@ -18,6 +18,7 @@ class StepReporter:
         self.progress = None
         self.latest = None
         self.image = 0
+        self.stage = None  # the stage of a --transformer run the bar shows
 
     def __enter__(self):
         if self.mode == "bar":
@@ -53,7 +54,7 @@ class StepReporter:
 
     def __call__(self, state: dict) -> None:
         stage = state.get("stage")
-        if stage != getattr(self, "stage", None):  # a new stage of a --transformer run: a fresh bar and ETA
+        if stage != self.stage:  # a new stage of a --transformer run: a fresh bar and ETA
             self.stage = stage
             self.start = time.perf_counter()
             if self.progress:
