@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from vqclip.config import GenerationConfig
+from vqclip.device import resolve_device, resolve_precision
 from vqclip.optimize import Guide, Target, optimize
-from vqclip.pipeline import Models, autocast_for, prepare_for_speed, resolve_device, resolve_precision
+from vqclip.pipeline import Models, autocast_for, prepare_for_speed
 
 STAGES = ("decoder", "cutouts", "clip", "backward", "optimiser")
 
@@ -23,9 +24,10 @@ def random_models(cfg: GenerationConfig) -> Models:
     """The architectures a config names, with random weights (for benchmarks when weights are absent)."""
     import open_clip
 
+    from vqclip.clip_loading import parse_clip_name
     from vqclip.errors import UsageError
     from vqclip.loading import read_yaml, vqgan_config
-    from vqclip.models.clip import parse_clip_name, wrap_clip
+    from vqclip.models.clip import wrap_clip
     from vqclip.models.vqgan import VQGAN
     from vqclip.registry import get_spec
 

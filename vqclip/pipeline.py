@@ -3,7 +3,6 @@
 `generate(prompt, config)` is the public entry point; `load_models` lets a batch load the models once.
 """
 
-import contextlib
 import random
 import time
 from dataclasses import dataclass, replace
@@ -14,6 +13,7 @@ import torch
 from vqclip import __version__
 from vqclip.animation import latent_transform
 from vqclip.config import GenerationConfig, round_size
+from vqclip.device import autocast, resolve_device, resolve_precision
 from vqclip.errors import UsageError
 from vqclip.images import load_image, to_pil
 from vqclip.memory import make_plan
@@ -77,60 +77,12 @@ class Result:
         )
 
 
-# ---- device and precision ----------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA, then MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA device is available.")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for, but MPS is not available.")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls and convolutions run about twice as fast as fp32 there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). auto: bf16 on Ampere+ GPUs and bf16-capable CPUs, else fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else None
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    return None
-
-
-def autocast_for(models: Models):
-    if models.dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(models.device.type, dtype=models.dtype)
-
-
 # ---- validation and loading --------------------------------------------------------------------
 
 
 def check_inputs(cfg: GenerationConfig) -> None:
     """Everything about a config that can be checked without loading a model."""
-    from vqclip.models.clip import parse_clip_name
+    from vqclip.clip_loading import parse_clip_name
     from vqclip.registry import get_spec, looks_like_path
 
     parse_story(cfg.prompt)
@@ -163,8 +115,8 @@ def check_inputs(cfg: GenerationConfig) -> None:
 
 def load_models(cfg: GenerationConfig, offline: bool | None = None, quiet: bool = False) -> Models:
     """Load (downloading on first use) the VQGAN and CLIP models a config names, frozen, on its device."""
+    from vqclip.clip_loading import load_clip
     from vqclip.loading import load_vqgan
-    from vqclip.models.clip import load_clip
 
     device = resolve_device(cfg.device)
     gpt = conditioning = None
@@ -181,6 +133,10 @@ def load_models(cfg: GenerationConfig, offline: bool | None = None, quiet: bool 
     models = Models(vqgan, _vqgan_sha256(vqgan_name), clips, device, dtype, gpt, conditioning)
     prepare_for_speed(models, cfg)
     return models
+
+
+def autocast_for(models: Models):
+    return autocast(models.device, models.dtype)
 
 
 def needs_encoder(cfg: GenerationConfig) -> bool:

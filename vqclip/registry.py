@@ -139,7 +139,7 @@ def fetch_model(name: str, kind: str | None = None, offline: bool | None = None,
     if spec.kind not in accepted:
         raise UsageError(f"{name} is a {spec.kind} model, not a {kind} model.")
     if spec.kind == "clip" and spec.checkpoint is None:
-        raise UsageError(f"{name} is fetched by open_clip; load it with vqclip.models.clip.load_clip.")
+        raise UsageError(f"{name} is fetched by open_clip; load it with vqclip.clip_loading.load_clip.")
     paths = {t.path.name: fetch(t, offline=offline, quiet=quiet) for t in targets(spec)}
     checkpoint = Path(spec.path) if spec.path else paths[spec.checkpoint.filename]
     if spec.local_config:
@@ -154,7 +154,7 @@ def fetch_model(name: str, kind: str | None = None, offline: bool | None = None,
 def status(spec: WeightSpec) -> tuple[bool, bool]:
     """(cached, verified) for an entry's downloadable files; CLIP entries are asked of open_clip's cache."""
     if spec.kind == "clip" and spec.checkpoint is None:
-        from vqclip.models.clip import clip_cached
+        from vqclip.clip_loading import clip_cached
 
         cached = clip_cached(spec)
         return cached, cached

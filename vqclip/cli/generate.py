@@ -304,7 +304,7 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
     pictures = [open_image(p) for p in images]  # every input is checked before the model loads
     if output and len(images) > 1 and not (Path(output).is_dir() or output.endswith(("/", os.sep))):
         raise UsageError("-o must be a folder when several images are given.")
-    from vqclip.pipeline import resolve_device
+    from vqclip.device import resolve_device
     from vqclip.upscale import load_upscaler, resolve_upscaler, upscale_image
 
     name = model or DEFAULT_UPSCALER

@@ -72,7 +72,7 @@ def models_list(kind, as_json):
 @click.option("--quiet", "-q", is_flag=True)
 def models_download(names, quiet):
     """Download models into the cache (verified); prints each local path."""
-    from vqclip.models.clip import download_clip
+    from vqclip.clip_loading import download_clip
     from vqclip.registry import fetch_model, get_spec
 
     specs = [get_spec(n) for n in names]  # unknown names fail before any download
@@ -118,7 +118,7 @@ def models_path(name):
 
     spec = get_spec(name)
     if spec.kind == "clip" and spec.checkpoint is None:
-        from vqclip.models.clip import _hf_cached_file
+        from vqclip.clip_loading import _hf_cached_file
 
         cached = _hf_cached_file(spec.clip_arch, spec.clip_tag)
         if cached is None:
