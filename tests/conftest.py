@@ -1,9 +1,11 @@
 """Shared test fixtures: the taming fixture checkpoints, a tiny real open_clip model, an isolated cache."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,32 @@ def run_cli(*args, cwd=None, env=None, input=None, timeout=300):
         capture_output=True,
         timeout=timeout,
     )
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+@pytest.fixture
+def vq(capfdbinary, monkeypatch):
+    """Run `vqclip ...` in this process through `main(argv)`: exit code, stdout and stderr as bytes."""
+    from vqclip.cli import main
+
+    def run(*args, cwd=None, input: bytes | None = None) -> Run:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        if input is not None:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input)))
+        capfdbinary.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        out, err = capfdbinary.readouterr()
+        return Run(code, out, err)
+
+    return run

@@ -1,4 +1,5 @@
-"""Batches, shards, frame streams and animation, through real subprocesses with the tiny models."""
+"""Batches, shards, frame streams and animation with the tiny models: in-process through `main(argv)`, and
+as real subprocesses where signals, kills and pipes are the point."""
 
 import json
 import os
@@ -6,13 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
 from vqclip.animation import affine_image
 from vqclip.batch import derive_seed, read_prompts, resolve_shard, shard_items
 
@@ -29,10 +29,10 @@ def _manifest(outdir):
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_batch_manifest_and_skip_existing(tmp_path, models):
+def test_batch_manifest_and_skip_existing(tmp_path, models, vq):
     (tmp_path / "p.txt").write_text(PROMPTS)
     out = tmp_path / "out"
-    r = run_cli("batch", tmp_path / "p.txt", "--outdir", out, "--steps", "2", *models)
+    r = vq("batch", tmp_path / "p.txt", "--outdir", out, "--steps", "2", *models)
     assert r.returncode == 0, r.stderr.decode()
     paths = r.stdout.decode().split()
     assert len(paths) == 3 and all(os.path.exists(p) for p in paths)
@@ -42,45 +42,90 @@ def test_batch_manifest_and_skip_existing(tmp_path, models):
     assert all(row["status"] == "ok" and row["seed"] == derive_seed(0, row["line"]) for row in rows)
     assert all(set(row) >= {"path", "loss", "seconds"} for row in rows)
 
-    again = run_cli("batch", tmp_path / "p.txt", "--outdir", out, "--steps", "2", "--skip-existing", *models)
+    again = vq("batch", tmp_path / "p.txt", "--outdir", out, "--steps", "2", "--skip-existing", *models)
     assert again.returncode == 0
     assert again.stdout == b"" and b"Loading models" not in again.stderr  # no work at all
+    assert b"Skipped 3 prompts whose image is already there." in again.stderr
     assert len(_manifest(out)) == 3
 
 
-def test_batch_killed_and_resumed_matches_a_clean_run(tmp_path, models):
-    (tmp_path / "p.txt").write_text(PROMPTS)
-    args = ["-m", "vqclip", "batch", str(tmp_path / "p.txt"), "--steps", "25", "--skip-existing", "-q", *models]
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, *args, "--outdir", str(killed)], stdout=subprocess.PIPE)
-    deadline = time.time() + 240
-    while len(_manifest(killed)) < 1 and time.time() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(_manifest(killed)) < 3, "the batch finished before it could be killed"
-    resumed = subprocess.run([sys.executable, *args, "--outdir", str(killed)], capture_output=True)
+@pytest.fixture(scope="module")
+def clean_batch(tmp_path_factory, fixtures, tiny_clip):
+    """The batch run without interruption, for the resumed runs to match."""
+    tmp = tmp_path_factory.mktemp("clean")
+    (tmp / "p.txt").write_text(PROMPTS)
+    models = ["--vqgan", str(fixtures / "vqgan_tiny_f16.ckpt"), "--clip", tiny_clip, "--size", "64", "--cutn", "2"]
+    args = ["-m", "vqclip", "batch", str(tmp / "p.txt"), "--steps", "25", "--skip-existing", "-q", *models]
+    subprocess.run([sys.executable, *args, "--outdir", str(tmp / "out")], check=True, capture_output=True)
+    return args, tmp / "out"
+
+
+@pytest.mark.parametrize("signame", ["SIGKILL", "SIGTERM"])
+def test_batch_stopped_and_resumed_matches_a_clean_run(tmp_path, clean_batch, signame):
+    args, clean = clean_batch
+    stopped = tmp_path / "stopped"
+    loud = [a for a in args if a != "-q"] + ["--progress", "json", "--outdir", str(stopped)]
+    proc = subprocess.Popen([sys.executable, *loud], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = False
+    for line in proc.stderr:  # stop a few steps into the second image
+        event = json.loads(line) if line.startswith("{") else {}
+        second = second or (event.get("job") == "batch" and event.get("done") == 1)
+        if second and event.get("job") == "optimize" and event.get("done") == 3:
+            break
+    proc.send_signal(getattr(signal, signame))
+    proc.communicate()
+    rows = _manifest(stopped)
+    assert len([r for r in rows if r["status"] == "ok"]) < 3, "the batch finished before it could be stopped"
+    if signame == "SIGTERM":  # handled: the manifest says which image was cut short, and where it is kept
+        assert proc.returncode == 143
+        cut = [r for r in rows if r["status"] == "interrupted"]
+        assert len(cut) == 1 and cut[0]["path"].endswith(".partial.png") and os.path.exists(cut[0]["path"])
+    resumed = subprocess.run([sys.executable, *args, "--outdir", str(stopped)], capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()
-    clean = tmp_path / "clean"
-    subprocess.run([sys.executable, *args, "--outdir", str(clean)], check=True, capture_output=True)
     names = sorted(p.name for p in clean.glob("*.png"))
-    assert names == sorted(p.name for p in killed.glob("*.png")) and len(names) == 3
+    assert names == sorted(p.name for p in stopped.glob("*.png")) and len(names) == 3  # no partial left
     for name in names:
-        assert (killed / name).read_bytes() == (clean / name).read_bytes()
-    assert sorted(r["line"] for r in _manifest(killed)) == [2, 4, 5]
+        assert (stopped / name).read_bytes() == (clean / name).read_bytes()
+    assert sorted(r["line"] for r in _manifest(stopped) if r["status"] == "ok") == [2, 4, 5]
 
 
-def test_bad_line_is_reported_and_skipped(tmp_path, models):
-    (tmp_path / "p.txt").write_text("a cat\na cat:1..2\na dog\n")
-    r = run_cli("batch", tmp_path / "p.txt", "--outdir", tmp_path, "--steps", "1", *models)
+def test_bad_lines_are_reported_and_skipped(tmp_path, models, vq):
+    (tmp_path / "p.txt").write_text("a cat\na cat:1..2\n|||\n^^^\n:0.5\na dog\n")
+    r = vq("batch", tmp_path / "p.txt", "--outdir", tmp_path, "--steps", "1", *models)
     assert r.returncode == 1
-    assert "Line 2: Weight '1..2'" in r.stderr.decode()
+    err = r.stderr.decode()
+    assert "Line 2: Weight '1..2'" in err and "Line 3: The prompt '|||' has no text" in err
     rows = _manifest(tmp_path)
-    assert [row["status"] for row in rows] == ["ok", "error", "ok"]
+    assert [row["status"] for row in rows] == ["ok", "error", "error", "error", "error", "ok"]
     assert len(r.stdout.decode().split()) == 2
+    assert "4 of 6 prompts failed" in err
 
 
-def test_shards_cover_every_prompt_once(tmp_path, models):
+@pytest.mark.parametrize(
+    "data, message", [(b"caf\xe9 au lait\n", "not UTF-8 text (byte 0xe9"), (b"\x00\xff\xfe", "not UTF-8")]
+)
+def test_a_prompt_file_that_is_not_utf8_is_one_sentence(tmp_path, models, vq, data, message):
+    (tmp_path / "p.txt").write_bytes(data)
+    r = vq("batch", tmp_path / "p.txt", "--outdir", tmp_path, *models)
+    assert r.returncode == 2 and message in r.stderr.decode() and "Traceback" not in r.stderr.decode()
+    stdin = vq("batch", "-", "--outdir", tmp_path, *models, input=data)
+    assert stdin.returncode == 2 and "stdin is not UTF-8" in stdin.stderr.decode()
+
+
+def test_batch_from_closed_stdin_is_one_sentence(tmp_path, models):
+    r = subprocess.run(
+        [sys.executable, "-m", "vqclip", "batch", "-", "--outdir", str(tmp_path), *models],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    assert r.returncode == 0 and b"No prompts to run." in r.stderr  # an empty stdin is an empty batch
+    closed = subprocess.run(
+        f"{sys.executable} -m vqclip batch - --outdir {tmp_path} <&-", shell=True, capture_output=True
+    )
+    assert closed.returncode == 2 and b"Standard input is closed" in closed.stderr
+
+
+def test_shards_cover_every_prompt_once(tmp_path, models, vq, monkeypatch):
     items = read_prompts("\n".join(f"prompt {i}" for i in range(10)))
     parts = [shard_items(items, k, 3) for k in range(3)]
     assert sorted(i.line for p in parts for i in p) == list(range(1, 11))
@@ -91,8 +136,9 @@ def test_shards_cover_every_prompt_once(tmp_path, models):
         ) == (k, 3)
         assert resolve_shard(f"{k}/3", {"RANK": "0", "WORLD_SIZE": "1"}) == (k, 3)  # --shard wins
     (tmp_path / "p.txt").write_text(PROMPTS)
-    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
-    r = run_cli("batch", tmp_path / "p.txt", "--outdir", tmp_path, "--steps", "1", *models, env=env)
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    r = vq("batch", tmp_path / "p.txt", "--outdir", tmp_path, "--steps", "1", *models)
     assert r.returncode == 0, r.stderr.decode()
     rows = [json.loads(x) for x in (tmp_path / "manifest.shard-1-of-2.jsonl").read_text().splitlines()]
     assert [row["line"] for row in rows] == [4]  # the second of the three prompts
@@ -127,8 +173,8 @@ def test_frames_to_stdout_and_closed_pipe(tmp_path, models):
     assert list(tmp_path.glob("a-cat_s*.png")), "the latest image was not saved"
 
 
-def test_zoom_frames(tmp_path, models):
-    r = run_cli(
+def test_zoom_frames(tmp_path, models, vq):
+    r = vq(
         "a tunnel",
         *models,
         "--steps",

@@ -10,7 +10,8 @@ from PIL import Image
 
 from tests.conftest import run_cli, tiny_args
 from vqclip.config import GenerationConfig
-from vqclip.pipeline import generate, load_models
+from vqclip.loading import load_models
+from vqclip.pipeline import generate
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,12 @@ def test_optimisation_raises_similarity_and_negative_lowers_it(f16, tiny_clip):
 
 def test_callback_reports_every_step(f16, tiny_clip):
     seen = []
-    result = generate(_base(f16, tiny_clip, steps=4), callback=lambda s: seen.append((s["i"], s["steps"])))
+    events = []
+    result = generate(
+        _base(f16, tiny_clip, steps=4), callback=lambda s: seen.append((s.i, s.steps)), progress=events.append
+    )
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [(e.job, e.done, e.total) for e in events] == [("optimize", i, 4) for i in (1, 2, 3, 4)]
     assert result.image.size == (64, 64)
     assert result.config.seed == 3
 
@@ -74,7 +79,7 @@ def _png_pixels(path):
         return im.convert("RGB").tobytes()
 
 
-def test_same_seed_same_pixels_across_processes_and_replay(f16, tiny_clip, tmp_path):
+def test_same_seed_same_pixels_across_processes_and_replay(f16, tiny_clip, tmp_path, vq):
     args = [
         "a lighthouse",
         "--vqgan",
@@ -92,8 +97,8 @@ def test_same_seed_same_pixels_across_processes_and_replay(f16, tiny_clip, tmp_p
         "-q",
     ]
     one = run_cli(*args, "--seed", "11", "-o", tmp_path / "one.png")
-    two = run_cli(*args, "--seed", "11", "-o", tmp_path / "two.png")
-    other = run_cli(*args, "--seed", "12", "-o", tmp_path / "other.png")
+    two = vq(*args, "--seed", "11", "-o", tmp_path / "two.png")  # one process, then another
+    other = vq(*args, "--seed", "12", "-o", tmp_path / "other.png")
     for r in (one, two, other):
         assert r.returncode == 0, r.stderr.decode()
     assert one.stdout.decode().strip() == str(tmp_path / "one.png")
@@ -104,30 +109,30 @@ def test_same_seed_same_pixels_across_processes_and_replay(f16, tiny_clip, tmp_p
         assert "Seed: 11" in im.text["parameters"]
     assert record["seed"] == 11 and record["config"]["steps"] == 5
     assert len(record["models"]["clip"][0]["sha256"]) == 64
-    replayed = run_cli("replay", tmp_path / "one.png", "-q")
+    replayed = vq("replay", tmp_path / "one.png", "-q", cwd=tmp_path / "..")  # from another folder
     assert replayed.returncode == 0, replayed.stderr.decode()
     path = replayed.stdout.decode().strip()
     assert path == str(tmp_path / "one-1.png")  # never overwrites the original
     assert _png_pixels(path) == _png_pixels(tmp_path / "one.png")
 
 
-def test_stdout_is_only_the_path_and_nothing_is_overwritten(f16, tiny_clip, tmp_path):
+def test_stdout_is_only_the_path_and_nothing_is_overwritten(f16, tiny_clip, tmp_path, vq):
     args = ["a cat", "--vqgan", f16, "--clip", tiny_clip, "--size", "64", "--steps", "3", "--cutn", "2", "--seed", "5"]
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr.decode()
     assert first.stdout.decode() == "a-cat_s5.png\n"
     assert b"3/3" in first.stderr  # the progress bar went to stderr
     before = (tmp_path / "a-cat_s5.png").read_bytes()
-    second = run_cli(*args, "--steps", "4", cwd=tmp_path)
+    second = vq(*args, "--steps", "4", cwd=tmp_path)
     assert second.stdout.decode() == "a-cat_s5-1.png\n"
     assert (tmp_path / "a-cat_s5.png").read_bytes() == before
-    third = run_cli(*args, "--steps", "4", "--overwrite", "-q", cwd=tmp_path)
+    third = vq(*args, "--steps", "4", "--overwrite", "-q", cwd=tmp_path)
     assert third.stdout.decode() == "a-cat_s5.png\n" and third.stderr == b""
     assert (tmp_path / "a-cat_s5.png").read_bytes() != before
 
 
-def test_json_progress(f16, tiny_clip, tmp_path):
-    r = run_cli("a cat", *tiny_args(f16, tiny_clip), "--steps", "3", "--progress", "json", cwd=tmp_path)
+def test_json_progress(f16, tiny_clip, tmp_path, vq):
+    r = vq("a cat", *tiny_args(f16, tiny_clip), "--steps", "3", "--progress", "json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
     lines = [json.loads(x) for x in r.stderr.decode().splitlines() if x.startswith("{")]
     assert [x["step"] for x in lines] == [1, 2, 3]
@@ -147,7 +152,7 @@ def test_json_progress(f16, tiny_clip, tmp_path):
         (["--clip", "CLIP2"], (64, 64)),
     ],
 )
-def test_features_end_to_end(fixtures, f16, tiny_clip, tiny_clip2, tmp_path, extra, size):
+def test_features_end_to_end(fixtures, f16, tiny_clip, tiny_clip2, tmp_path, extra, size, vq):
     Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "red.png")
     prompt = "a red apple"
     vqgan = f16
@@ -163,7 +168,7 @@ def test_features_end_to_end(fixtures, f16, tiny_clip, tiny_clip2, tmp_path, ext
     if "--size" not in args:
         args += ["--size", "64"]
     out = tmp_path / "out.png"
-    r = run_cli(prompt, "--vqgan", vqgan, "--clip", tiny_clip, *args, "--steps", "3", "--cutn", "2", "-o", out)
+    r = vq(prompt, "--vqgan", vqgan, "--clip", tiny_clip, *args, "--steps", "3", "--cutn", "2", "-o", out)
     assert r.returncode == 0, r.stderr.decode()
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == size
@@ -186,24 +191,25 @@ def test_features_end_to_end(fixtures, f16, tiny_clip, tiny_clip2, tmp_path, ext
         (["a cat", "--steps", "0"], 2, "--steps"),
     ],
 )
-def test_bad_input_fails_fast_with_one_sentence(tmp_path, args, code, message):
+def test_bad_input_fails_fast_with_one_sentence(tmp_path, args, code, message, vq):
     (tmp_path / "afile").write_text("a file, not a folder")
-    r = run_cli(*args, "--offline", cwd=tmp_path, timeout=60)
+    r = vq(*args, "--offline", cwd=tmp_path)
     assert r.returncode == code, r.stderr.decode()
     assert message in r.stderr.decode()
     assert r.stdout == b""
     assert "Traceback" not in r.stderr.decode()
 
 
-def test_missing_weights_offline_is_exit_3(tmp_path):
-    r = run_cli("a cat", "--offline", cwd=tmp_path, timeout=60)
+def test_missing_weights_offline_is_exit_3(tmp_path, vq):
+    r = vq("a cat", "--offline", cwd=tmp_path)
     assert r.returncode == 3
     err = r.stderr.decode()
     assert "vqgan_imagenet_f16_16384 (model.ckpt) is not in the cache" in err
     assert "vqclip models download vqgan_imagenet_f16_16384" in err
 
 
-def test_ctrl_c_saves_the_latest_image_and_exits_130(f16, tiny_clip, tmp_path):
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_signal_saves_the_latest_image_with_its_exit_code(f16, tiny_clip, tmp_path, signame, code):
     import signal
     import subprocess
     import sys
@@ -223,12 +229,14 @@ def test_ctrl_c_saves_the_latest_image_and_exits_130(f16, tiny_clip, tmp_path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # wait until a few steps are done
-        if line.startswith('{"step": 3,'):
+        if line.startswith("{") and json.loads(line).get("step") == 3:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert out.strip() == str(tmp_path / "cat.png")
-    with Image.open(tmp_path / "cat.png") as im:
+    assert proc.returncode == code, err
+    partial = tmp_path / "cat.partial.png"  # never under the final name: a resumed batch redoes it
+    assert out.strip() == str(partial) and not (tmp_path / "cat.png").exists()
+    assert f"Interrupted ({'Ctrl-C' if signame == 'SIGINT' else signame}) after" in err and str(partial) in err
+    with Image.open(partial) as im:
         record = json.loads(im.text["vqclip"])
-    assert record["steps_done"] >= 3 and record["config"]["steps"] == 100000
+    assert record["steps_done"] >= 3 and record["config"]["steps"] == 100000 and record["complete"] is False

@@ -4,11 +4,13 @@ from dataclasses import replace
 
 import pytest
 
-from tests.conftest import run_cli, tiny_args
+from tests.conftest import tiny_args
 from vqclip.config import GenerationConfig
 from vqclip.errors import OutOfMemoryError
+from vqclip.job import prepare
+from vqclip.loading import load_models
 from vqclip.memory import estimate, largest_square, make_plan
-from vqclip.pipeline import generate, load_models
+from vqclip.pipeline import generate, run
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def test_checkpointing_and_chunks_keep_the_optimisation_working(models_and_cfg):
     from vqclip.memory import Plan
 
     plain = generate(replace(cfg, steps=10), models=models)
-    lean = generate(replace(cfg, steps=10), models=models, plan=Plan(True, 4, 0, 0))
+    lean = run(prepare(replace(cfg, steps=10), models, plan=Plan(True, 4, 0, 0)), models)
     assert lean.plan.checkpointing and abs(lean.loss - plain.loss) < 0.1
 
 
@@ -76,9 +78,9 @@ def test_bf16_and_fp32_losses_agree(models_and_cfg):
     assert abs(bf16.loss - fp32.loss) < 0.05 * abs(fp32.loss), (fp32.loss, bf16.loss)
 
 
-def test_too_little_memory_is_exit_4_before_the_first_step(fixtures, tiny_clip, tmp_path):
+def test_too_little_memory_is_exit_4_before_the_first_step(fixtures, tiny_clip, tmp_path, vq):
     args = tiny_args(fixtures / "vqgan_tiny_f16.ckpt", tiny_clip)
-    r = run_cli("a cat", *args, "--max-memory", "10M", "--progress", "json", cwd=tmp_path)
+    r = vq("a cat", *args, "--max-memory", "10M", "--progress", "json", cwd=tmp_path)
     assert r.returncode == 4, r.stderr.decode()
     err = r.stderr.decode()
     assert "needs about" in err and "available" in err
@@ -86,10 +88,10 @@ def test_too_little_memory_is_exit_4_before_the_first_step(fixtures, tiny_clip, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bench_reports_every_stage_and_the_plan():
+def test_bench_reports_every_stage_and_the_plan(vq):
     import json
 
-    r = run_cli("bench", "--size", "32", "--steps", "1", "--cutn", "2", "--json", "--no-isolate")
+    r = vq("bench", "--size", "32", "--steps", "1", "--cutn", "2", "--json", "--no-isolate")
     assert r.returncode == 0, r.stderr.decode()
     row = json.loads(r.stdout.decode().splitlines()[-1])
     assert row["weights"] == "random" and row["size"] == [32, 32]

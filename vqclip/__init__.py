@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "generate", "load_models", "load_vqgan"]
 
-_LAZY = {"load_vqgan": "vqclip.loading", "generate": "vqclip.pipeline", "load_models": "vqclip.pipeline"}
+_LAZY = {"load_vqgan": "vqclip.loading", "generate": "vqclip.pipeline", "load_models": "vqclip.loading"}
 
 
 def __getattr__(name):

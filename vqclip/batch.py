@@ -1,19 +1,33 @@
-"""Batches over prompt files: reading prompts, per-line seeds, shards (explicit, torchrun or Slurm arrays)
-and the manifest. Pure logic; `cli.py` runs the images."""
+"""Batches over prompt files: reading prompts, per-line seeds, shards (explicit, torchrun or Slurm arrays),
+the manifest, and the loop that runs them with the models loaded once."""
 
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vqclip.errors import UsageError
+from vqclip.errors import Interrupted, UsageError
+from vqclip.events import Progress, ProgressFn, ignore
 
 
 @dataclass(frozen=True)
 class Item:
     line: int  # 1-based line number in the prompt file
     prompt: str
+
+
+def decode_prompts(data: bytes, source: str) -> str:
+    """A prompt file's bytes as text: UTF-8 (with or without a BOM), or one clear error."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"{source} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}).",
+            "Save the prompt file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+        ) from None
 
 
 def read_prompts(text: str) -> list[Item]:
@@ -86,3 +100,79 @@ def image_name(item: Item, seed: int) -> str:
     from vqclip.output import slug
 
     return f"{item.line:04d}-{slug(item.prompt, 50)}_s{seed}.png"
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch runs: where its files go and which of its prompts this process takes."""
+
+    outdir: Path
+    shard: tuple[int, int] = (0, 1)  # (K, N): this process takes every N-th prompt starting at K
+    skip_existing: bool = False  # resume: a prompt whose finished image exists is skipped
+    overwrite: bool = False
+
+
+@dataclass
+class BatchSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    manifest: Path | None = None
+
+
+def run_batch(
+    items: list[Item],
+    template,
+    options: BatchOptions,
+    load: Callable,
+    *,
+    progress: ProgressFn = ignore,
+    on_saved: Callable[[Path], None] = lambda path: None,
+    on_error: Callable[[int, UsageError], None] = lambda line, err: None,
+) -> BatchSummary:
+    """Generate one image per prompt with the models loaded once (by `load(cfg)`, on the first image that
+    runs). Bad prompts are recorded in the manifest and skipped; an interrupted image is recorded as such
+    (its latest image in NAME.partial.png) and the interruption goes on to the caller."""
+    from vqclip.job import prepare
+    from vqclip.output import OutputOptions
+    from vqclip.render import render
+    from vqclip.validate import validate
+
+    k, n = options.shard
+    items = shard_items(items, k, n)
+    summary = BatchSummary(manifest=manifest_path(options.outdir, k, n))
+    base_seed = template.seed if template.seed is not None else 0
+    models = None
+    for number, item in enumerate(items, start=1):
+        seed = derive_seed(base_seed, item.line)
+        progress(Progress("batch", number - 1, len(items), unit="image", stage=item.prompt))
+        entry = {"line": item.line, "prompt": item.prompt, "seed": seed}
+        start = time.perf_counter()
+        try:
+            path = options.outdir / image_name(item, seed)
+            if options.skip_existing and path.exists():
+                summary.skipped += 1
+                continue
+            cfg = replace(template, prompt=item.prompt, seed=seed)
+            validate(cfg)
+            models = models or load(cfg)
+            job = prepare(cfg, models)
+            result = render(job, models, OutputOptions(path, options.overwrite), progress=progress)
+            entry.update(path=str(result.path), loss=result.loss, status="ok")
+            summary.done += 1
+            on_saved(result.path)
+        except UsageError as err:
+            summary.failed += 1
+            entry.update(status="error", error=err.message)
+            on_error(item.line, err)
+        except (Interrupted, KeyboardInterrupt) as err:
+            saved = getattr(err, "saved", None)
+            entry.update(status="interrupted", path=str(saved) if saved else None)
+            entry["steps_done"] = getattr(err, "steps_done", None)
+            raise
+        finally:
+            if "status" in entry:  # not for a skipped image
+                entry["seconds"] = round(time.perf_counter() - start, 3)
+                append_manifest(summary.manifest, entry)
+    progress(Progress("batch", len(items), len(items), unit="image"))
+    return summary

@@ -13,9 +13,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from vqclip.config import GenerationConfig
-from vqclip.device import resolve_device, resolve_precision
-from vqclip.optimize import Guide, Target, optimize
-from vqclip.pipeline import Models, autocast_for, prepare_for_speed
+from vqclip.device import autocast, resolve_device, resolve_precision
+from vqclip.guidance import guides
+from vqclip.loading import Models, prepare_for_speed
+from vqclip.optimize import optimize
 
 STAGES = ("decoder", "cutouts", "clip", "backward", "optimiser")
 
@@ -45,7 +46,7 @@ def random_models(cfg: GenerationConfig) -> Models:
         arch = parse_clip_name(name).arch
         model = open_clip.create_model(arch).eval().requires_grad_(False)
         clips.append(wrap_clip(name, model, open_clip.get_tokenizer(arch), None).to(device))
-    models = Models(vqgan, None, clips, device, resolve_precision(cfg.precision, device))
+    models = Models(vqgan, {"name": cfg.vqgan, "sha256": None}, clips, device, resolve_precision(cfg.precision, device))
     prepare_for_speed(models, cfg)
     return models
 
@@ -91,17 +92,6 @@ class _Timer:
         self.totals[stage] = self.totals.get(stage, 0.0) + time.perf_counter() - t
 
 
-def _guides(models: Models, cfg: GenerationConfig) -> list[Guide]:
-    from vqclip.cutouts import Cutouts
-
-    guides = []
-    for clip in models.clips:
-        embed = clip.encode_text([cfg.prompt])[0]
-        cut = Cutouts(clip.input_size, cfg.cutn, cfg.cut_pow, cfg.augment, cfg.noise_fac)
-        guides.append(Guide(clip, cut, [[Target(embed)]]))
-    return guides
-
-
 def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: int = 1, plan=None) -> dict:
     """Median per-stage and whole-step times over `steps` steps (after `warmup`), the peak memory of those
     steps, then the FLOPs of one more step (counted afterwards: the counter itself holds memory)."""
@@ -111,17 +101,17 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     w, h = cfg.size
     f = models.vqgan.factor
     z = models.vqgan.embed(torch.randint(models.vqgan.config.n_embed, (1, h // f, w // f))).to(models.device)
-    guides = _guides(models, cfg)
+    targets = guides(models, cfg)
     chunk = plan.clip_chunk if plan else None
     models.vqgan.set_checkpointing(bool(plan and plan.checkpointing))
     timer = _Timer(models.device, {})
     loop = optimize(
         models.vqgan,
-        guides,
+        targets,
         z.float(),
         warmup + steps + 1,
         lr=cfg.lr,
-        autocast=autocast_for(models),
+        autocast=autocast(models.device, models.dtype),
         clip_chunk=chunk,
         timer=timer,
     )
@@ -158,8 +148,8 @@ def run_bench(
     checkpointing: str = "auto",
 ) -> dict:
     """One benchmark configuration: the memory plan, per-stage times, FLOPs, peak memory and FLOP share."""
+    from vqclip.loading import load_models
     from vqclip.memory import largest_square, make_plan
-    from vqclip.pipeline import load_models
 
     models = random_models(cfg) if random_weights else load_models(cfg)
     plan = make_plan(models, cfg.size, cfg.cutn, max_memory=max_memory, checkpointing=checkpointing)

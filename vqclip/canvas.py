@@ -10,6 +10,9 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from vqclip.events import Progress, ProgressFn, ignore
+from vqclip.guidance import run_guided
+from vqclip.prompts import parse_story
 from vqclip.sliding import sample_tokens
 
 
@@ -44,27 +47,15 @@ def choose_class(clip, prompt_text: str, n_classes: int) -> tuple[int, str]:
     return k, names[k]
 
 
-def generate_canvas(cfg, models, callback=None, plan=None):
-    """The four stages; returns the pipeline Result with a `canvas` record of what the pass did."""
-    from vqclip.memory import make_plan
-    from vqclip.pipeline import Result, decode, generate, model_record
-    from vqclip.prompts import parse_story
-
+def run_canvas(job, models, progress: ProgressFn = ignore, on_step=None):
+    """The four stages of a prepared --transformer job; returns (latent, loss, steps done, canvas record)."""
+    cfg, base_cfg = job.cfg, job.base
     vqgan, f = models.vqgan, models.vqgan.factor
     width, height = cfg.size
-
-    def stage(name):
-        def report(state):
-            if callback is not None:
-                callback({**state, "stage": name})
-
-        return report
-
     # 1. Optimise at the base size.
-    base_cfg = replace(cfg, transformer=None, size=base_size(cfg.size, cfg.base_size, f))
-    base = generate(base_cfg, models=models, callback=stage("base"))
+    z_base, loss, _ = run_guided(models, base_cfg, job.base_plan, stage="base", progress=progress, on_step=on_step)
     # 2. Upsample the token grid in embedding space and re-quantise.
-    z_up, idx_up = upsample_tokens(vqgan, base.latent, height // f, width // f)
+    z_up, idx_up = upsample_tokens(vqgan, z_base, height // f, width // f)
     # 3. The sliding-window pass with the anchor prior.
     cond = models.conditioning
     chosen = None
@@ -74,35 +65,29 @@ def generate_canvas(cfg, models, callback=None, plan=None):
         token = chosen[0]
     else:
         token = cond.sos_token
-    gen = torch.Generator().manual_seed(cfg.seed)
-    cond_tokens = torch.tensor([[token]], device=idx_up.device)
     calls = {"n": 0}
 
-    def sliding_progress(state):
-        calls["n"] = state["calls"]
-        stage("transformer")({"i": state["call"], "steps": state["calls"], "loss": float("nan"), "phase": 0})
+    def sliding_progress(event: Progress):
+        calls["n"] = event.total
+        progress(event)
 
     idx = sample_tokens(
         models.gpt,
         idx_up,
-        cond_tokens,
+        torch.tensor([[token]], device=idx_up.device),
         temperature=cfg.temperature,
         top_k=cfg.top_k,
         top_p=cfg.top_p,
         bias=anchor_bias(vqgan, z_up, cfg.anchor) if cfg.anchor else None,
-        generator=gen,
-        callback=sliding_progress,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        progress=sliding_progress,
     )
     kept = float((idx == idx_up).float().mean())
     z = vqgan.embed(idx).float()
-    loss = base.loss
-    # 4. Optionally refine with CLIP at the full size (the memory plan turns checkpointing on as needed).
+    # 4. Optionally refine with CLIP at the full size (the plan turns checkpointing on as needed).
     if cfg.refine_steps:
-        refine_cfg = replace(cfg, transformer=None, steps=cfg.refine_steps, init="tokens")
-        plan = plan or make_plan(models, cfg.size, cfg.cutn, max_memory=cfg.max_memory)
-        refined = generate(refine_cfg, models=models, callback=stage("refine"), plan=plan, init_latent=z)
-        z, loss = refined.latent, refined.loss
-    image = decode(models, z)
+        refine_cfg = replace(cfg, transformer=None, steps=cfg.refine_steps)
+        z, loss, _ = run_guided(models, refine_cfg, job.plan, z, stage="refine", progress=progress, on_step=on_step)
     record = {
         "base_size": list(base_cfg.size),
         "class": chosen[0] if chosen else None,
@@ -110,12 +95,4 @@ def generate_canvas(cfg, models, callback=None, plan=None):
         "kept_fraction": round(kept, 4),
         "gpt_calls": calls["n"],
     }
-    result = Result(image, cfg, loss, 0.0, cfg.steps + cfg.refine_steps, model_record(cfg, models), plan, z)
-    result.canvas = record
-    return result
-
-
-def base_size(size: tuple[int, int], longer_side: int, f: int) -> tuple[int, int]:
-    """The base image: the canvas's aspect ratio with its longer side at `longer_side` (multiples of f)."""
-    scale = min(1.0, longer_side / max(size))
-    return tuple(max(f, round(s * scale / f) * f) for s in size)
+    return z, loss, cfg.steps + cfg.refine_steps, record

@@ -3,7 +3,9 @@
 Validation that needs no model lives in `__post_init__`, so bad input fails before anything loads.
 """
 
-from dataclasses import asdict, dataclass, fields
+import math
+import random
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from vqclip.errors import UsageError
 from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
@@ -83,6 +85,12 @@ class GenerationConfig:
                 raise UsageError(f"Size {w}x{h} is too small: each side needs at least one VQGAN token.")
             if max(w, h) > MAX_SIDE:
                 raise UsageError(f"Size {w}x{h} is too large: each side can be at most {MAX_SIDE} pixels.")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not all(
+                math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))
+            ):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number, not {value}.")
         _positive("steps", self.steps)
         _positive("cutn", self.cutn)
         if self.steps > 1_000_000:
@@ -124,6 +132,13 @@ class GenerationConfig:
     def animated(self) -> bool:
         return self.zoom != 1.0 or self.rotate != 0.0 or tuple(self.shift) != (0.0, 0.0)
 
+    def with_seed(self) -> "GenerationConfig":
+        """The config with its seed fixed (a random one when none was given), so that the file name, the
+        metadata and the run all carry the same seed."""
+        if self.seed is not None:
+            return self
+        return replace(self, seed=random.SystemRandom().randrange(2**32))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -135,6 +150,26 @@ class GenerationConfig:
             if isinstance(clean.get(key), list):
                 clean[key] = tuple(clean[key])
         return cls(**clean)
+
+
+FLOAT_FIELDS = (
+    "cut_pow",
+    "lr",
+    "init_weight",
+    "noise_fac",
+    "anchor",
+    "temperature",
+    "top_p",
+    "zoom",
+    "rotate",
+    "shift",
+)
+
+
+def default(name: str):
+    """The default of a GenerationConfig field: the one place a default is written (the CLI reads it here)."""
+    f = GenerationConfig.__dataclass_fields__[name]
+    return f.default if f.default is not MISSING else f.default_factory()
 
 
 def _positive(name: str, value: int) -> None:

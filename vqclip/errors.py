@@ -1,14 +1,27 @@
-"""Typed errors. Each carries the process exit code and a one-line hint; only `cli.py` turns them into exits.
+"""Typed errors and the exit codes they stand for. Each error carries its exit code and a one-line hint;
+only `vqclip.cli` turns them into exits (design section 7)."""
 
-Exit codes (design section 7): 2 usage, 3 weights missing or not downloadable, 4 out of memory,
-130 interrupted, 1 anything else.
-"""
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The process exit codes vqclip documents."""
+
+    OK = 0
+    FAILURE = 1  # unexpected: re-run with --debug
+    USAGE = 2  # bad input
+    WEIGHTS = 3  # weights or the cache: missing, not downloadable, not writable, not what they claim
+    OUT_OF_MEMORY = 4
+    HANGUP = 129  # SIGHUP: 128 + 1
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2
+    TERMINATED = 143  # SIGTERM: 128 + 15
 
 
 class VqclipError(Exception):
     """Base class: a message for the user, an exit code, and an optional hint saying what to do."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILURE
+    saved = None  # where the image was kept when the error came after it existed (a Path, or None)
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -19,13 +32,13 @@ class VqclipError(Exception):
 class UsageError(VqclipError):
     """Bad input from the user: a prompt, a size, a path, an option value."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class WeightsError(VqclipError):
     """Weights that are missing, cannot be downloaded, fail verification or do not fit the model."""
 
-    exit_code = 3
+    exit_code = ExitCode.WEIGHTS
 
 
 class DownloadError(WeightsError):
@@ -51,4 +64,25 @@ class ModelLoadError(WeightsError):
 class OutOfMemoryError(VqclipError):
     """The job does not fit in memory even with checkpointing and chunking."""
 
-    exit_code = 4
+    exit_code = ExitCode.OUT_OF_MEMORY
+
+
+class Interrupted(VqclipError):
+    """The run was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP). `saved` is where the latest image went."""
+
+    def __init__(self, signal_name: str, exit_code: int, saved=None, steps_done: int | None = None):
+        message = f"Interrupted ({signal_name})"
+        if saved is not None:
+            message += f" after {steps_done} steps; the latest image is in {saved}"
+        super().__init__(message + ".")
+        self.signal_name, self.exit_code, self.saved, self.steps_done = signal_name, exit_code, saved, steps_done
+
+
+class FramePipeClosed(VqclipError):
+    """The reader of the frame stream went away (`| head`): the run ends quietly, the latest image kept."""
+
+    exit_code = ExitCode.OK
+
+
+class OutputError(VqclipError):
+    """A result could not be written where it was asked for (a full disk, a vanished folder)."""

@@ -1,9 +1,12 @@
-"""Joins configs, weights and devices: taming yaml -> model config, checkpoint -> strictly loaded model.
+"""Step 3 of a generation: load the models a config names. Joins configs, weights and devices: taming
+yaml -> model config, checkpoint -> strictly loaded model; `load_models` gathers a run's VQGAN (or GPT and
+its first stage), CLIPs and upscaler, once, and readies them for speed.
 
 The yaml files are read as plain data (`yaml.safe_load`); their `target:` class paths only tell which
 kind of model the file describes, nothing is instantiated from them.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,13 +101,17 @@ def load_vqgan(
     return model.to(device) if device is not None else model
 
 
-def _build_vqgan(data: dict, sd: dict, source: str) -> VQGAN:
-    """A frozen VQGAN from parsed yaml data and its state dict (allocated once, then filled strictly)."""
+def _build(cls, config, sd: dict, source: str):
+    """A frozen model from its config and state dict: allocated once on the meta device, then filled strictly."""
     with torch.device("meta"):
-        model = VQGAN(vqgan_config(data))
+        model = cls(config)
     model = model.to_empty(device="cpu")
     load_strict(model, sd, source)
     return model.eval().requires_grad_(False)
+
+
+def _build_vqgan(data: dict, sd: dict, source: str) -> VQGAN:
+    return _build(VQGAN, vqgan_config(data), sd, source)
 
 
 def _resolve(checkpoint, config, offline, quiet):
@@ -165,12 +172,111 @@ def load_transformer(checkpoint: str | Path, config=None, device=None, *, offlin
         # `attn.mask` is the constant causal mask; attention here is causal by construction
         if k.startswith("transformer.") and not k.endswith(".attn.mask")
     }
-    with torch.device("meta"):
-        gpt = GPT(gpt_cfg)
-    gpt = gpt.to_empty(device="cpu")
-    load_strict(gpt, gpt_sd, f"{ckpt_path} (transformer)")
-    gpt.eval().requires_grad_(False)
+    gpt = _build(GPT, gpt_cfg, gpt_sd, f"{ckpt_path} (transformer)")
     vqgan = _build_vqgan(data, vqgan_state_dict(sd), str(ckpt_path))
     if device is not None:
         gpt, vqgan = gpt.to(device), vqgan.to(device)
     return gpt, vqgan, conditioning
+
+
+def resolve_upscaler(name: str, offline=None, quiet=False) -> Path:
+    """An upscaler's weights: a registry name (downloaded and verified on first use) or a local file."""
+    from vqclip.registry import fetch_model, looks_like_path
+
+    if looks_like_path(name):
+        return Path(name).expanduser()
+    return fetch_model(name, kind="upscaler", offline=offline, quiet=quiet).checkpoint
+
+
+@dataclass
+class Models:
+    """Everything a run loads once and reuses across prompts."""
+
+    vqgan: torch.nn.Module
+    vqgan_record: dict  # {"name", "sha256"}: the VQGAN that ran (a transformer's first stage is named as such)
+    clips: list  # list[vqclip.models.clip.ClipModel]
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    gpt: torch.nn.Module | None = None  # the taming GPT of --transformer
+    conditioning: object = None  # how that GPT is conditioned (vqclip.models.gpt.Conditioning)
+    upscaler: object = None  # Real-ESRGAN (spandrel), loaded when the config asks for --upscale
+    upscaler_record: dict | None = None  # its name and sha256
+
+    @property
+    def precision(self) -> str:
+        """The precision that runs: fp32, bf16 or fp16."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def record(self) -> dict:
+        """Names and sha256 of the models, for the metadata."""
+        record = {"vqgan": self.vqgan_record, "clip": [{"name": c.name, "sha256": c.sha256} for c in self.clips]}
+        if self.upscaler_record is not None:
+            record["upscaler"] = self.upscaler_record
+        return record
+
+
+def load_models(cfg, offline: bool | None = None, quiet: bool = True) -> Models:
+    """Load (downloading on first use) the models a GenerationConfig names, frozen, on its device.
+
+    The device is resolved first, so an unavailable one fails before any weights are read.
+    """
+    from vqclip.clip_loading import load_clip
+    from vqclip.device import resolve_device, resolve_precision
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    gpt = conditioning = None
+    if cfg.transformer:  # the GPT's codes belong to its own first stage: that is the VQGAN
+        gpt, vqgan, conditioning = load_transformer(cfg.transformer, device=device, offline=offline, quiet=quiet)
+        vqgan_name = f"{cfg.transformer} (first stage)"
+        sha = _sha256(cfg.transformer, "transformer")
+    else:
+        vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, quiet=quiet)
+        vqgan_name, sha = cfg.vqgan, _sha256(cfg.vqgan, "vqgan")
+    clips = [load_clip(name, device=device, offline=offline) for name in cfg.clip]
+    models = Models(vqgan, {"name": vqgan_name, "sha256": sha}, clips, device, dtype, gpt, conditioning)
+    if cfg.upscale > 1:
+        load_upscaler_into(models, offline=offline, quiet=quiet)
+    prepare_for_speed(models, cfg)
+    return models
+
+
+def load_upscaler_into(models: Models, name: str | None = None, offline=None, quiet=True) -> None:
+    """Load the upscaler (the registry's Real-ESRGAN by default) into `models`, once."""
+    from vqclip.download import sha256_file
+    from vqclip.pretrained import DEFAULT_UPSCALER
+    from vqclip.upscale import load_upscaler
+
+    if models.upscaler is not None:
+        return
+    name = name or DEFAULT_UPSCALER
+    path = resolve_upscaler(name, offline=offline, quiet=quiet)
+    models.upscaler = load_upscaler(path, models.device)
+    models.upscaler_record = {"model": name, "sha256": sha256_file(path)}
+
+
+def prepare_for_speed(models: Models, cfg) -> None:
+    """Channels-last decoder (not on MPS), CLIP image towers kept in the autocast dtype (the text towers stay
+    fp32: they run once per prompt), no encoder unless the run encodes images, torch.compile if asked."""
+    if models.device.type != "mps":
+        models.vqgan.use_channels_last()
+    if models.dtype is not None:
+        for clip in models.clips:
+            clip.cast_image_tower(models.dtype)
+    if not (cfg.init_image is not None or cfg.init == "noise" or cfg.animated):
+        models.vqgan.drop_encoder()
+    if cfg.compile:
+        models.vqgan.decoder.compile()
+        for clip in models.clips:
+            clip.compile()
+
+
+def _sha256(name: str, kind: str) -> str | None:
+    """A checkpoint's sha256: a registry file's download stamp, or the hash of a local file."""
+    from vqclip.download import read_stamp, sha256_file
+    from vqclip.registry import fetch_model, looks_like_path
+
+    if looks_like_path(name):
+        return sha256_file(Path(name).expanduser())
+    local = fetch_model(name, kind=kind, offline=True)  # already fetched: this only finds the files
+    return (read_stamp(local.checkpoint) or {}).get("sha256")

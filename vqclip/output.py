@@ -1,9 +1,10 @@
-"""Output files: names from the prompt and seed, PNG metadata, atomic writes that never clobber."""
+"""Output files: names from the prompt and seed, PNG metadata, atomic writes that never clobber, frames."""
 
 import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -25,14 +26,35 @@ def default_name(prompt: str, seed: int, suffix: str = ".png") -> str:
     return f"{slug(prompt)}_s{seed}{suffix}"
 
 
-def check_writable(directory: Path) -> None:
-    """Fail early (before any model loads) when the output folder cannot be created or written."""
-    directory = directory.expanduser()
-    probe = directory
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"Cannot write to {directory}: {probe} is not a writable folder.")
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where a run's files go: the PNG, its progress preview and partial result, and the frames."""
+
+    path: Path  # the final PNG
+    overwrite: bool = False  # replace an existing file instead of adding -1, -2, ...
+    save_every: int = 0  # keep `progress_path` updated every N steps (0: off)
+    frames: object = None  # a folder (str or Path) for numbered PNGs, or a binary stream (the CLI's stdout)
+    video: str | None = None  # an ffmpeg output file for the frames
+
+    @property
+    def progress_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".progress.png")
+
+    @property
+    def partial_path(self) -> Path:
+        """Where the latest image of an interrupted run goes: never under the final name, so a resumed
+        batch can tell it from a finished image."""
+        return self.path.with_name(self.path.stem + ".partial.png")
+
+
+def output_path(output: str | None, name: str) -> Path:
+    """-o as given (a file, or a folder for the default `name`), or `name` in the current folder."""
+    if output is None:
+        return Path(name)
+    path = Path(output).expanduser()
+    if path.is_dir() or output.endswith(("/", os.sep)):
+        return path / name
+    return path
 
 
 def png_info(parameters: str, record: dict) -> PngImagePlugin.PngInfo:
@@ -44,28 +66,46 @@ def png_info(parameters: str, record: dict) -> PngImagePlugin.PngInfo:
     return info
 
 
-def read_record(path: str | Path) -> dict:
-    """The `vqclip` JSON chunk of a PNG written by vqclip."""
-    from vqclip.images import open_image
+TEMP_PREFIX = ".vqclip-"
 
-    open_image(path)  # one clear error for a missing or unreadable file
-    with Image.open(path) as im:
-        text = im.text.get("vqclip") if hasattr(im, "text") else None
-    if not text:
-        raise UsageError(f"{path} has no vqclip metadata (it was not written by vqclip, or it was re-saved).")
-    return json.loads(text)
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Temporary files of writers that died (SIGKILL mid-write): their names carry the writer's pid."""
+    for tmp in folder.glob(f"{TEMP_PREFIX}*-*.png"):
+        pid = tmp.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_png(image: Image.Image, path: str | Path, info=None, overwrite: bool = False) -> Path:
     """Write a PNG atomically. Without `overwrite` an existing file is kept and '-1', '-2', ... is added.
 
     The image is written to a temporary file in the same folder and then linked into place, so a reader
-    never sees a half-written file and two processes never take the same name.
+    never sees a half-written file and two processes never take the same name. The file gets the
+    permissions of the user's umask, like any file the user creates.
     """
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".vqclip-", suffix=".png", dir=path.parent)
+    _remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".png", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
         if overwrite:
@@ -92,10 +132,10 @@ def save_png(image: Image.Image, path: str | Path, info=None, overwrite: bool = 
 
 
 class FrameSink:
-    """Frames as PNGs: a stream on stdout ('-', for `ffmpeg -f image2pipe -i -`), numbered files in a
+    """Frames as PNGs: a binary stream (stdout, for `ffmpeg -f image2pipe -i -`), numbered files in a
     folder, or the stdin of an ffmpeg process (--video)."""
 
-    def __init__(self, target: str, video: str | None = None, fps: int = 30):
+    def __init__(self, target, video: str | None = None, fps: int = 30):
         self.count = 0
         self.dir = None
         self.proc = None
@@ -103,14 +143,8 @@ class FrameSink:
             import shutil
             import subprocess
 
-            ffmpeg = shutil.which("ffmpeg")
-            if ffmpeg is None:
-                raise UsageError(
-                    "--video needs ffmpeg, which is not installed.",
-                    "Install ffmpeg, or pipe the frames yourself: vqclip ... --frames - | ffmpeg -f image2pipe -i - out.mp4",
-                )
             cmd = [
-                ffmpeg,
+                shutil.which("ffmpeg") or "ffmpeg",  # its presence is checked by vqclip.validate.check_video
                 "-loglevel",
                 "error",
                 "-y",
@@ -128,10 +162,8 @@ class FrameSink:
             ]
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
             self.stream = self.proc.stdin
-        elif target == "-":
-            import sys
-
-            self.stream = sys.stdout.buffer
+        elif hasattr(target, "write"):
+            self.stream = target
         else:
             self.dir = Path(target).expanduser()
             self.dir.mkdir(parents=True, exist_ok=True)

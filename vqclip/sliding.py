@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from vqclip.events import Progress, ProgressFn, ignore
+
 
 def window_start(pos, size: int, window: int = 16):
     """First row/column of the window for a token at `pos` on a side of `size` (centred, clamped);
@@ -77,7 +79,7 @@ def sample_tokens(
     greedy: bool = False,
     bias: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
-    callback: Callable[[dict], None] | None = None,
+    progress: ProgressFn = ignore,
 ) -> torch.Tensor:
     """Resample every token of a grid with the GPT in sliding 16x16 windows; returns a new grid.
 
@@ -90,7 +92,8 @@ def sample_tokens(
         temperature, top_k, top_p: sampling filters; greedy: take the argmax instead of sampling.
         bias: optional (batch, rows, cols) -> (N, vocab) logits added before filtering (e.g. an anchor prior).
         generator: the random generator for sampling (seeded for reproducibility).
-        callback: called after each GPT call with {'call', 'calls', 'done', 'total'}.
+        progress: receives a Progress(job="sliding", unit="call") after each GPT call; `extra` has the
+            tokens resampled so far and in all.
     """
     b, height, width = idx.shape
     wh, ww = min(window, height), min(window, width)
@@ -121,6 +124,14 @@ def sample_tokens(
             new = torch.multinomial(probs, 1, generator=generator)[:, 0]
         grid[:, rows * width + cols] = new.reshape(b, n)
         done += n
-        if callback is not None:
-            callback({"call": call + 1, "calls": len(groups), "done": done, "total": height * width})
+        progress(
+            Progress(
+                "sliding",
+                call + 1,
+                len(groups),
+                unit="call",
+                stage="transformer",
+                extra={"tokens": done, "of": height * width},
+            )
+        )
     return grid.reshape(b, height, width)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from vqclip.errors import UsageError, WeightsError
+from vqclip.events import Progress, ProgressFn, ignore
 
 
 def load_upscaler(path: str | Path, device="cpu"):
@@ -34,17 +35,10 @@ def load_upscaler(path: str | Path, device="cpu"):
     return model
 
 
-def resolve_upscaler(name: str, offline=None, quiet=False) -> Path:
-    """A registry name (downloaded and verified on first use) or a local weights file."""
-    from vqclip.registry import fetch_model, looks_like_path
-
-    if looks_like_path(name):
-        return Path(name).expanduser()
-    return fetch_model(name, kind="upscaler", offline=offline, quiet=quiet).checkpoint
-
-
 @torch.no_grad()
-def upscale_tensor(model, image: torch.Tensor, tile: int = 256, overlap: int = 16, callback=None) -> torch.Tensor:
+def upscale_tensor(
+    model, image: torch.Tensor, tile: int = 256, overlap: int = 16, progress: ProgressFn = ignore
+) -> torch.Tensor:
     """(1, 3, H, W) in [0, 1] -> (1, 3, sH, sW). Tiles of `tile` input pixels see `overlap` pixels of
     context on each side; only their centres are kept, so seams match the untiled result."""
     s = model.scale
@@ -62,12 +56,11 @@ def upscale_tensor(model, image: torch.Tensor, tile: int = 256, overlap: int = 1
         piece = model(image[:, :, py0:py1, px0:px1])
         oy, ox = (y0 - py0) * s, (x0 - px0) * s
         out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = piece[:, :, oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s]
-        if callback is not None:
-            callback({"i": n + 1, "steps": len(boxes), "loss": float("nan"), "stage": "upscale"})
+        progress(Progress("upscale", n + 1, len(boxes), unit="tile", stage="upscale"))
     return out.float().clamp(0, 1)
 
 
-def upscale_image(model, image, factor: int, tile: int = 256, callback=None):
+def upscale_image(model, image, factor: int, tile: int = 256, progress: ProgressFn = ignore):
     """A PIL image upscaled by `factor` (2 or 4): the x4 model, then a Lanczos downscale for 2."""
     from PIL import Image
 
@@ -76,7 +69,7 @@ def upscale_image(model, image, factor: int, tile: int = 256, callback=None):
     if factor not in (2, 4) or factor > model.scale:
         raise UsageError(f"--upscale {factor} is not possible with a x{model.scale} model (use 2 or 4).")
     device = next(model.model.parameters()).device
-    out = to_pil(upscale_tensor(model, to_tensor(image).to(device), tile=tile, callback=callback))
+    out = to_pil(upscale_tensor(model, to_tensor(image).to(device), tile=tile, progress=progress))
     if factor != model.scale:
         out = out.resize((image.width * factor, image.height * factor), Image.Resampling.LANCZOS)
     return out

@@ -1,15 +1,16 @@
-"""The click group and the entry point: `main()` maps every failure to one message and its exit code."""
+"""The click group and the entry point: `main()` is the one place where failures, signals and closed pipes
+become one message on stderr and an exit code (vqclip.errors.ExitCode)."""
 
 import os
+import signal
 import sys
 
 import click
 
 from vqclip import __version__
-from vqclip.errors import VqclipError
+from vqclip.errors import ExitCode, FramePipeClosed, Interrupted, VqclipError
 
-EXIT_INTERRUPTED = 130
-EXIT_OOM = 4
+STDOUT = {"taken": False}  # True while frames stream on stdout: then nothing else may be written there
 
 
 def err_console():
@@ -19,8 +20,9 @@ def err_console():
 
 
 def info(message: str, quiet: bool = False) -> None:
+    """A line for the user on stderr (commands without a live progress display)."""
     if not quiet:
-        err_console().print(message)
+        err_console().print(message, markup=False)
 
 
 class DefaultGroup(click.Group):
@@ -43,6 +45,7 @@ def cli(ctx, debug):
 
     \b
       vqclip "city during a rainy night" --size 512
+      vqclip batch prompts.txt --outdir out/
       vqclip models list
     """
     ctx.obj = {"debug": debug}
@@ -50,18 +53,54 @@ def cli(ctx, debug):
 
 # ---- entry point -------------------------------------------------------------------------------
 
+SIGNALS = {"SIGTERM": ExitCode.TERMINATED, "SIGHUP": ExitCode.HANGUP}
+
+
+def _on_signal(signum, frame):
+    name = signal.Signals(signum).name
+    raise Interrupted(name, SIGNALS[name])
+
+
+def _handle_signals() -> None:
+    """SIGTERM (Slurm, `timeout`, `docker stop`) and SIGHUP (a dropped SSH session) stop a run like Ctrl-C:
+    the latest image is saved (vqclip.render) and the process exits 143 / 129."""
+    for name in SIGNALS:
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), _on_signal)
+            except ValueError:  # not the main thread (main() called from a worker): leave them be
+                return
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter's final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
 
 def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+    torch = sys.modules.get("torch")
+    return isinstance(err, MemoryError) or (torch is not None and isinstance(err, torch.cuda.OutOfMemoryError))
+
+
+def _fail(message: str, hint: str | None = None) -> None:
+    console = err_console()
+    console.print(f"[bold red]Error:[/] {message}", highlight=False)
+    if hint:
+        console.print(hint, highlight=False)
 
 
 def main(argv=None) -> None:
     """Run the CLI and map every failure to one message on stderr and its exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("VQCLIP_DEBUG"))
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args or bool(os.environ.get("VQCLIP_DEBUG"))
+    STDOUT["taken"] = False
+    _handle_signals()
     try:
         cli.main(args=argv, prog_name="vqclip", standalone_mode=False)
     except click.exceptions.Abort:
-        sys.exit(EXIT_INTERRUPTED)
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(ExitCode.INTERRUPTED)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
@@ -69,25 +108,22 @@ def main(argv=None) -> None:
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
+    except (FramePipeClosed, BrokenPipeError):  # `| head`: the reader has what it wanted
+        _silence_stdout()
+        sys.exit(ExitCode.OK)
     except VqclipError as err:
-        if debug:
+        if debug and not isinstance(err, Interrupted):
             raise
-        console = err_console()
-        console.print(f"[bold red]Error:[/] {err.message}")
-        if err.hint:
-            console.print(err.hint)
+        if err.saved is not None and not STDOUT["taken"]:
+            print(err.saved, flush=True)  # what was kept is still the command's output
+        _fail(err.message, err.hint)
         sys.exit(err.exit_code)
-    except BrokenPipeError:
-        sys.stderr.close()
-        sys.exit(0)
     except Exception as err:
         if debug:
             raise
         if _is_oom(err):
-            err_console().print(
-                "[bold red]Error:[/] out of memory. Try a smaller --size or --cutn, or --precision bf16."
-            )
-            sys.exit(EXIT_OOM)
-        err_console().print(f"[bold red]Error:[/] {type(err).__name__}: {err}\nRe-run with --debug for details.")
-        sys.exit(1)
+            _fail("out of memory.", "Try a smaller --size or --cutn, or --max-memory so the plan checkpoints.")
+            sys.exit(ExitCode.OUT_OF_MEMORY)
+        _fail(f"{type(err).__name__}: {err}", "Re-run with --debug for details.")
+        sys.exit(ExitCode.FAILURE)

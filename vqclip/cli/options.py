@@ -2,9 +2,8 @@
 
 import click
 
-from vqclip.config import AUGMENTS, DEFAULT_AUGMENTS, DEVICES, INITS, PRECISIONS, GenerationConfig, parse_size
+from vqclip.config import AUGMENTS, DEVICES, INITS, PRECISIONS, GenerationConfig, default, parse_size
 from vqclip.errors import UsageError
-from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
 
 
 def _size(ctx, param, value):
@@ -18,7 +17,7 @@ def _size(ctx, param, value):
 
 def _augment(ctx, param, value):
     if value is None:
-        return DEFAULT_AUGMENTS
+        return default("augment")
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     if names == ("none",):
         return ()
@@ -51,35 +50,44 @@ def parse_bytes(ctx, param, value):
     return int(number * scale)
 
 
-def generation_options(f):
-    """The options that fill GenerationConfig (shared by generate and batch)."""
+def generation_options(f, seed_help: str = "Random seed [default: random, recorded]."):
+    """The options that fill GenerationConfig (shared by generate and batch); defaults come from it."""
+    d = default
     options = [
         click.option("--size", "-s", callback=_size, help="512 or WIDTHxHEIGHT [default: 512 on CUDA, 256 else]"),
         click.option(
-            "--steps", "-i", default=300, show_default=True, type=click.IntRange(1), help="Optimisation steps."
+            "--steps",
+            "-i",
+            "--iterations",
+            default=d("steps"),
+            show_default=True,
+            type=click.IntRange(1),
+            help="Optimisation steps.",
         ),
-        click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Random seed [default: random, recorded]."),
-        click.option("--cutn", default=32, show_default=True, type=click.IntRange(1), help="Cutouts per step."),
-        click.option("--cut-pow", default=1.0, show_default=True, type=float, help="Cutout size power."),
-        click.option("--lr", default=0.1, show_default=True, type=float, help="Adam learning rate."),
-        click.option("--init", type=click.Choice(INITS), default="tokens", show_default=True, help="Initial latent."),
+        click.option("--seed", type=click.IntRange(0, 2**63 - 1), help=seed_help),
+        click.option("--cutn", default=d("cutn"), show_default=True, type=click.IntRange(1), help="Cutouts per step."),
+        click.option("--cut-pow", default=d("cut_pow"), show_default=True, type=float, help="Cutout size power."),
+        click.option("--lr", default=d("lr"), show_default=True, type=float, help="Adam learning rate."),
+        click.option("--init", type=click.Choice(INITS), default=d("init"), show_default=True, help="Initial latent."),
         click.option("--init-image", type=click.Path(dir_okay=False), help="Start from this image."),
-        click.option("--init-weight", default=0.0, show_default=True, type=float, help="Pull towards the start."),
+        click.option(
+            "--init-weight", default=d("init_weight"), show_default=True, type=float, help="Pull towards the start."
+        ),
         click.option("--image-prompt", "image_prompts", multiple=True, metavar="PATH[:W]", help="Image prompt."),
         click.option("--noise-prompt", "noise_prompts", multiple=True, metavar="SEED[:W]", help="Noise prompt."),
         click.option(
             "--change-prompt-every",
-            default=0,
+            default=d("change_prompt_every"),
             show_default=True,
             type=click.IntRange(0),
             help="Steps per story phase ('^'); 0 splits the steps evenly.",
         ),
-        click.option("--vqgan", default=DEFAULT_VQGAN, show_default=True, help="VQGAN registry name or .ckpt path."),
+        click.option("--vqgan", default=d("vqgan"), show_default=True, help="VQGAN registry name or .ckpt path."),
         click.option("--vqgan-config", type=click.Path(dir_okay=False), help="The yaml of a .ckpt path."),
         click.option(
             "--clip",
             multiple=True,
-            default=(DEFAULT_CLIP,),
+            default=d("clip"),
             show_default=True,
             help="CLIP model: ARCH/TAG, registry name or CONFIG.json:WEIGHTS; repeat to combine.",
         ),
@@ -87,55 +95,63 @@ def generation_options(f):
             "--augment",
             callback=_augment,
             metavar="LIST",
-            help=f"Comma list of {', '.join(AUGMENTS)}, or none [default: {','.join(DEFAULT_AUGMENTS)}].",
+            help=f"Comma list of {', '.join(AUGMENTS)}, or none [default: {','.join(d('augment'))}].",
         ),
-        click.option("--noise-fac", default=0.1, show_default=True, type=float, help="Cutout noise."),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option("--noise-fac", default=d("noise_fac"), show_default=True, type=float, help="Cutout noise."),
+        click.option("--device", type=click.Choice(DEVICES), default=d("device"), show_default=True),
         click.option(
             "--precision",
             type=click.Choice(PRECISIONS),
-            default="auto",
+            default=d("precision"),
             show_default=True,
             help="auto: bf16 autocast where the hardware is fast at it.",
         ),
         click.option("--transformer", metavar="NAME|PATH", help="Large canvases: a taming GPT (e.g. cin_transformer)."),
-        click.option("--base-size", default=256, show_default=True, type=int, help="--transformer: base size."),
+        click.option(
+            "--base-size", default=d("base_size"), show_default=True, type=int, help="--transformer: base size."
+        ),
         click.option(
             "--anchor",
-            default=4.0,
+            default=d("anchor"),
             show_default=True,
             type=float,
             help="--transformer: pull towards the upsampled base (0 = pure GPT sampling).",
         ),
-        click.option("--temperature", default=1.0, show_default=True, type=float, help="--transformer: temperature."),
-        click.option("--top-k", default=100, show_default=True, type=int, help="--transformer: top-k (0 = off)."),
+        click.option(
+            "--temperature", default=d("temperature"), show_default=True, type=float, help="--transformer: temperature."
+        ),
+        click.option(
+            "--top-k", default=d("top_k"), show_default=True, type=int, help="--transformer: top-k (0 = off)."
+        ),
         click.option("--top-p", type=float, help="--transformer: nucleus threshold."),
         click.option(
             "--refine-steps",
-            default=0,
+            default=d("refine_steps"),
             show_default=True,
             type=click.IntRange(0),
             help="--transformer: CLIP steps at full size after the pass.",
         ),
         click.option(
             "--upscale",
-            default=1,
+            default=d("upscale"),
             show_default=True,
             type=click.Choice([1, 2, 4]),
             help="Real-ESRGAN upscaling of the result (2 = the x4 model, then a Lanczos downscale).",
         ),
         click.option(
             "--frames-every",
-            default=1,
+            default=d("frames_every"),
             show_default=True,
             type=click.IntRange(1),
             help="Steps per frame (--frames, --video); with --zoom/--rotate/--shift also per animation step.",
         ),
-        click.option("--zoom", default=1.0, show_default=True, type=float, help="Animation: zoom per frame."),
-        click.option("--rotate", default=0.0, show_default=True, type=float, help="Animation: degrees per frame."),
+        click.option("--zoom", default=d("zoom"), show_default=True, type=float, help="Animation: zoom per frame."),
+        click.option(
+            "--rotate", default=d("rotate"), show_default=True, type=float, help="Animation: degrees per frame."
+        ),
         click.option(
             "--shift",
-            default="0,0",
+            default=",".join(f"{v:g}" for v in d("shift")),
             show_default=True,
             callback=_shift,
             metavar="X,Y",

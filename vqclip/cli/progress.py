@@ -1,88 +1,124 @@
-"""Step and batch progress on stderr: a rich bar, one JSON object per step, or nothing."""
+"""The one reporter: draws vqclip.events.Progress on stderr as rich bars, one JSON object per event, or
+nothing. Every long job (optimisation steps, GPT calls, upscaling tiles, downloads, the images of a batch)
+reports the same event shape, so this is the only drawing code."""
 
 import json
 import sys
 import time
 
 from vqclip.cli.app import err_console
+from vqclip.events import Progress
+
+UNITS = {"step": "it", "call": "call", "tile": "tile", "image": "image"}
 
 
-class StepReporter:
-    """Turns the optimiser's per-step callback into a rich bar, JSON lines, or nothing, on stderr.
+class Reporter:
+    """A callable that takes Progress events; a context manager around the run that shows them.
 
-    For batches (`images` given) a second bar counts the images, with its own ETA.
+    mode: "bar" (rich, only when stderr is a terminal or `force_bar`), "json" or "none". Messages and
+    output lines printed through `message` and `output` appear above a live bar instead of through it.
     """
 
-    def __init__(self, mode: str, steps: int, images: int | None = None):
-        self.mode, self.steps, self.images = mode, steps, images
+    def __init__(self, mode: str = "bar"):
+        self.mode = mode
+        self.console = err_console()
         self.progress = None
-        self.latest = None
-        self.image = 0
-        self.stage = None  # the stage of a --transformer run the bar shows
+        self.tasks = {}  # (job, stage) -> (task id, start time)
+        self.latest: Progress | None = None
 
     def __enter__(self):
         if self.mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bars
 
-            self.progress = Progress(
+            self.progress = Bars(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[loss]}"),
-                console=err_console(),
+                console=self.console,
+                redirect_stdout=False,  # stdout carries data; never let it be drawn on stderr
+                redirect_stderr=False,
+                transient=False,
             )
             self.progress.__enter__()
-            if self.images is not None:
-                self.batch_task = self.progress.add_task("batch", total=self.images, rate="", loss="")
-            self.task = self.progress.add_task("generating", total=self.steps, rate="", loss="")
-        self.start = time.perf_counter()
         return self
 
-    def next_image(self, label: str) -> None:
-        """A new image of a batch starts."""
-        self.image += 1
-        self.latest = None
-        self.start = time.perf_counter()
-        if self.progress:
-            self.progress.reset(self.task, total=self.steps, description=label[:40], rate="", loss="")
-
-    def image_done(self) -> None:
-        if self.progress and self.images is not None:
-            self.progress.advance(self.batch_task)
-
-    def __call__(self, state: dict) -> None:
-        stage = state.get("stage")
-        if stage != self.stage:  # a new stage of a --transformer run: a fresh bar and ETA
-            self.stage = stage
-            self.start = time.perf_counter()
-            if self.progress:
-                self.progress.reset(self.task, total=state.get("steps", self.steps), description=stage or "generating")
-        self.latest = state
-        elapsed = time.perf_counter() - self.start
-        i = state["i"]
-        total = state.get("steps", self.steps)
-        if self.mode == "bar":
-            rate = i / elapsed if elapsed else 0.0
-            rate_text = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it" if rate else ""
-            loss = "" if state["loss"] != state["loss"] else f"loss {state['loss']:.4f}"  # NaN: no loss in this stage
-            self.progress.update(self.task, completed=i, total=total, rate=rate_text, loss=loss)
-        elif self.mode == "json":
-            record = {
-                "step": i,
-                "steps": total,
-                "loss": None if state["loss"] != state["loss"] else round(state["loss"], 6),
-                "phase": state.get("phase", 0),
-                "elapsed": round(elapsed, 3),
-                "eta": round(elapsed / i * (total - i), 3),
-            }
-            if stage:
-                record["stage"] = stage
-            if self.images is not None:
-                record.update(image=self.image, images=self.images)
-            print(json.dumps(record), file=sys.stderr, flush=True)
-
     def __exit__(self, *exc):
-        if self.progress:
+        if self.progress is not None:
             self.progress.__exit__(*exc)
+            self.progress = None
+
+    # ---- lines of text -------------------------------------------------------------------------
+
+    def message(self, text: str) -> None:
+        """A line for the user on stderr (above a live bar); nothing with --quiet."""
+        if self.mode != "none":
+            self.console.print(text, markup=False, highlight=False)
+
+    def output(self, text: str) -> None:
+        """A line of data on stdout. When a bar is live on the same terminal, it goes above the bar."""
+        if self.progress is not None and sys.stdout.isatty() and self.console.is_terminal:
+            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    # ---- events --------------------------------------------------------------------------------
+
+    def __call__(self, event: Progress) -> None:
+        if event.job != "batch":
+            self.latest = event
+        if self.mode == "json":
+            self._json(event)
+        elif self.progress is not None:
+            self._bar(event)
+
+    def _task(self, event: Progress):
+        key = (event.job, "" if event.job == "batch" else event.stage)
+        if key not in self.tasks:
+            if event.job != "batch":
+                self._drop_bars(keep="batch")  # a new stage or job: the last one's bar goes
+            label = {"batch": "batch", "optimize": event.stage or "generating"}.get(event.job, event.stage or event.job)
+            task = self.progress.add_task(label[:40], total=event.total, rate="", loss="")
+            self.tasks[key] = (task, time.perf_counter(), event.done)  # the rate counts from here
+        return self.tasks[key]
+
+    def _bar(self, event: Progress) -> None:
+        task, start, first = self._task(event)
+        if event.job == "batch":  # a new image starts: its step bars start afresh
+            self._drop_bars(keep="batch")
+            self.progress.update(task, completed=event.done, total=event.total)
+            return
+        elapsed = time.perf_counter() - start
+        rate = (event.done - first) / elapsed if event.done > first and elapsed else 0.0
+        if event.unit == "byte":
+            rate_text = f"{rate / 2**20:.1f} MB/s" if rate else ""
+        else:
+            unit = UNITS.get(event.unit, event.unit)
+            rate_text = f"{rate:.2f} {unit}/s" if rate >= 1 else f"{1 / rate:.2f} s/{unit}" if rate else ""
+        loss = f"loss {event.loss:.4f}" if event.loss is not None else ""
+        self.progress.update(task, completed=event.done, total=event.total, rate=rate_text, loss=loss)
+
+    def _drop_bars(self, keep: str) -> None:
+        for key in [k for k in self.tasks if k[0] != keep]:
+            task = self.tasks.pop(key)[0]
+            self.progress.remove_task(task)
+
+    def _json(self, event: Progress) -> None:
+        key = (event.job, event.stage)
+        start = self.tasks.setdefault(key, (None, time.perf_counter(), event.done))[1]
+        elapsed = time.perf_counter() - start
+        record = {"job": event.job, "done": event.done, "total": event.total, "unit": event.unit}
+        if event.stage:
+            record["stage"] = event.stage
+        if event.job == "optimize":
+            record.update(step=event.done, steps=event.total, phase=event.phase)
+        if event.loss is not None:
+            record["loss"] = round(event.loss, 6)
+        record["elapsed"] = round(elapsed, 3)
+        if event.total and event.done:
+            record["eta"] = round(elapsed / event.done * (event.total - event.done), 3)
+        print(json.dumps(record), file=sys.stderr, flush=True)

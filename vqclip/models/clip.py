@@ -36,9 +36,15 @@ class ClipModel:
         """torch.compile the image tower's forward (fuses the elementwise work around the matmuls)."""
         self.vit_forward = torch.compile(fast_vit_forward)
 
-    def cast(self, dtype: torch.dtype) -> None:
-        """Keep the frozen weights in `dtype` once, instead of autocast re-casting them every step."""
-        self.model.to(dtype)
+    def cast_image_tower(self, dtype: torch.dtype) -> None:
+        """Keep the image tower's frozen weights in `dtype` once, instead of autocast re-casting them every
+        step. The text tower stays in fp32: it runs once per prompt, and its embeddings are the targets."""
+        self.model.visual.to(dtype)
+
+    @property
+    def embed_dim(self) -> int:
+        """The size of the joint embedding."""
+        return int(self.model.visual.output_dim)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

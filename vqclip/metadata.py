@@ -1,0 +1,78 @@
+"""What a PNG says about how it was made: the `vqclip` JSON record (everything `vqclip replay` needs) and
+the `parameters` text (the convention other text-to-image tools read), and reading the record back."""
+
+import json
+from pathlib import Path
+
+from vqclip import __version__
+from vqclip.errors import UsageError
+
+
+def record(result) -> dict:
+    """The `vqclip` PNG metadata: every setting, the seed, the models, what ran, and the version."""
+    plan = result.plan
+    return {
+        "version": __version__,
+        "config": result.config.to_dict(),
+        "seed": result.config.seed,
+        "models": result.models,
+        "device": result.device,  # as resolved: the device and the precision that ran
+        "precision": result.precision,
+        "loss": result.loss,
+        "steps_done": result.steps_done,
+        "complete": result.complete,
+        "inputs": result.inputs,  # resolved paths and sha256 of the input images
+        "canvas": result.canvas,
+        "upscale": result.upscale,
+        # what decides the pixels (not the memory figures, which vary from run to run)
+        "plan": {"checkpointing": plan.checkpointing, "clip_chunk": plan.clip_chunk} if plan is not None else None,
+    }
+
+
+def parameters(result) -> str:
+    """The `parameters` text chunk: the prompt, then `Key: value` pairs."""
+    c = result.config
+    w, h = result.image.size
+    pairs = [
+        ("Steps", result.steps_done if result.complete else f"{result.steps_done} of {c.steps} (interrupted)"),
+        ("Seed", c.seed),
+        ("Size", f"{w}x{h}"),
+        ("Model", Path(c.transformer or c.vqgan).name),
+        ("CLIP", ", ".join(c.clip)),
+        ("Cutouts", c.cutn),
+        ("Cut power", c.cut_pow),
+        ("Learning rate", c.lr),
+        ("Augmentations", ",".join(c.augment) or "none"),
+        ("Noise", c.noise_fac),
+    ]
+    if c.init_image:
+        pairs += [("Init image", Path(c.init_image).name), ("Init weight", c.init_weight)]
+    if c.image_prompts:
+        pairs.append(("Image prompts", ", ".join(Path(p).name for p in c.image_prompts)))
+    if c.noise_prompts:
+        pairs.append(("Noise prompts", ", ".join(c.noise_prompts)))
+    if result.upscale:
+        base = c.size
+        pairs.append(("Upscale", f"x{result.upscale['factor']} from {base[0]}x{base[1]}"))
+    pairs += [("Precision", result.precision), ("Version", f"vqclip {__version__}")]
+    return f"{c.prompt}\n" + ", ".join(f"{k}: {v}" for k, v in pairs)
+
+
+def read_record(path: str | Path) -> dict:
+    """The `vqclip` JSON chunk of a PNG written by vqclip; one clear error for anything else."""
+    from PIL import Image
+
+    from vqclip.images import open_image
+
+    open_image(path)  # one clear error for a missing or unreadable file
+    with Image.open(path) as im:
+        text = im.text.get("vqclip") if hasattr(im, "text") else None
+    if not text:
+        raise UsageError(f"{path} has no vqclip metadata (it was not written by vqclip, or it was re-saved).")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise UsageError(f"{path} has a vqclip metadata chunk that is not a valid record (it was edited or damaged).")
+    return data
