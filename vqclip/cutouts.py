@@ -126,7 +126,7 @@ class Cutouts(nn.Module):
         self.cut_size, self.cutn, self.cut_pow, self.noise_fac = cut_size, cutn, cut_pow, noise_fac
         self.weights = area_weights if resample == "area" else lanczos_weights
         self.augs = build_augmentations(tuple(augment))
-        self._rows = [_per_sample_keys(aug) for aug in self.augs]
+        self._per_cutout_keys = [_per_sample_keys(aug) for aug in self.augs]
 
     def draw(self, height: int, width: int, generator: torch.Generator) -> CutoutDraw:
         """Boxes, augmentation parameters and noise for `cutn` cutouts of an H x W image, all from
@@ -141,17 +141,21 @@ class Cutouts(nn.Module):
         seed = int(torch.randint(2**62, (), generator=generator, device=device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            augment = tuple(self._split(aug, rows, n) for aug, rows in zip(self.augs, self._rows, strict=True))
+            augment = tuple(
+                self._draw_params(aug, keys, n) for aug, keys in zip(self.augs, self._per_cutout_keys, strict=True)
+            )
         noise = None
         if self.noise_fac:
             facs = torch.rand(n, 1, 1, 1, generator=generator, device=device) * self.noise_fac
             noise = facs * torch.randn(n, 3, self.cut_size, self.cut_size, generator=generator, device=device)
         return CutoutDraw(boxes, augment, noise)
 
-    def _split(self, aug: nn.Module, rows: frozenset[str], n: int) -> tuple[dict, dict]:
+    def _draw_params(self, aug: nn.Module, per_cutout: frozenset[str], n: int) -> tuple[dict, dict]:
+        """kornia parameters for n cutouts, split into per-cutout rows and what the batch shares."""
         aug.set_rng_device_and_dtype(torch.device("cpu"), torch.float32)  # the forked generator's device
         params = aug.forward_parameters((n, 3, self.cut_size, self.cut_size))
-        return {k: v for k, v in params.items() if k in rows}, {k: v for k, v in params.items() if k not in rows}
+        rows = {k: v for k, v in params.items() if k in per_cutout}
+        return rows, {k: v for k, v in params.items() if k not in per_cutout}
 
     def forward(self, img: torch.Tensor, draw: CutoutDraw) -> torch.Tensor:
         """Cut out the drawn boxes, resample to `cut_size`, augment, add the drawn noise."""

@@ -130,6 +130,11 @@ def codebook_range(vqgan) -> tuple[torch.Tensor, torch.Tensor]:
     return cb.min(0).values.view(1, -1, 1, 1), cb.max(0).values.view(1, -1, 1, 1)
 
 
+def untimed(stage: str) -> contextlib.AbstractContextManager:
+    """The default `timer`: time nothing."""
+    return contextlib.nullcontext()
+
+
 def loss_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
     """Dynamic loss scaling for fp16 autocast (a no-op otherwise): small gradients in the fp16 backward
     would flush to zero unscaled; an overflow skips the step and halves the scale. The scale may grow
@@ -143,14 +148,14 @@ def clip_losses(guide: Guide, targets: list, pixels, generator, chunk=None, amp=
     losses nor the gradient depend on the chunk size."""
     if not targets:
         return []
-    amp = amp or contextlib.nullcontext()
-    timer = timer or (lambda stage: contextlib.nullcontext())
+    amp, timer = amp or contextlib.nullcontext(), timer or untimed
     scaler = scaler or loss_scaler(pixels.device, None)
     cutn = guide.cutouts.cutn
+    chunk = chunk or cutn
     draw = guide.cutouts.draw(pixels.shape[2], pixels.shape[3], generator)
     totals = [torch.zeros((), device=pixels.device) for _ in targets]
-    for start in range(0, cutn, chunk or cutn):
-        part = draw[start : start + (chunk or cutn)]
+    for start in range(0, cutn, chunk):
+        part = draw[start : start + chunk]
         with timer("cutouts"), amp:
             cuts = guide.cutouts(pixels, part)
         with timer("clip"), amp:
@@ -201,7 +206,7 @@ def optimize(
     opt = torch.optim.Adam([z], lr=lr)
     amp = autocast_context(z.device, dtype)
     scaler = loss_scaler(z.device, dtype)
-    timer = timer or (lambda stage: contextlib.nullcontext())
+    timer = timer or untimed
     for i in range(steps):
         phase = phase_of(i)
         opt.zero_grad(set_to_none=True)
