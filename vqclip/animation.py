@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vqclip.optimize import decode_image
+
 
 def affine_image(image: torch.Tensor, zoom: float = 1.0, rotate: float = 0.0, shift=(0.0, 0.0)) -> torch.Tensor:
     """Image (1, 3, H, W) zoomed about its centre by `zoom`, rotated by `rotate` degrees and shifted by
@@ -20,14 +22,13 @@ def affine_image(image: torch.Tensor, zoom: float = 1.0, rotate: float = 0.0, sh
     return F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def latent_transform(vqgan, zoom: float, rotate: float, shift, autocast):
-    """z -> z: decode, move the image, encode again."""
-    from vqclip.optimize import synth
+def latent_transform(vqgan, zoom: float, rotate: float, shift):
+    """z -> z: decode, move the image, and restart from the model's own codes of the moved image
+    (`encode_codes`, the init image's path). All in fp32, as the frame written out: it runs once a frame."""
 
     def transform(z: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            image = synth(vqgan, z)
-            moved = affine_image(image, zoom, rotate, shift)
-            return vqgan.encode(moved.to(image.dtype) * 2 - 1).float()
+        moved = affine_image(decode_image(vqgan, z), zoom, rotate, shift)
+        with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+            return vqgan.encode_codes(moved * 2 - 1)
 
     return transform

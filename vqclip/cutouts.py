@@ -1,14 +1,28 @@
 """Random cutouts of the image, resized to CLIP's input and augmented with kornia, in one batch.
 
 After Crowson's VQGAN+CLIP notebook ("MakeCutouts"): crop sizes follow rand**cut_pow between CLIP's
-input size and the image's shorter side. Each crop is resampled with exact area averaging (what
-adaptive average pooling does), written as two batched matmuls with per-cutout weight matrices: one
-operation for all cutouts, forward and backward, instead of a Python loop of pooling calls.
+input size and the image's shorter side. Each crop is resampled by a per-cutout weight matrix along each
+axis, so all cutouts take two batched matmuls, forward and backward, instead of a Python loop:
+
+- "area": exact area averaging, pixels weighted by their fractional overlap (adaptive average pooling
+  rounds the windows to whole pixels);
+- "lanczos": the reference's resample, a Lanczos-2 low-pass (when shrinking) then bicubic interpolation.
+
+Everything random in a step (boxes, augmentation parameters, noise) is drawn at once for all cutouts from
+an explicit generator (`Cutouts.draw`) and applied to any slice of them (`Cutouts.forward`), so the result
+does not depend on how many cutouts CLIP sees at a time.
 """
+
+import functools
+import math
+from dataclasses import dataclass, replace
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+RESAMPLERS = ("area", "lanczos")
 
 
 def area_weights(starts: torch.Tensor, sizes: torch.Tensor, full: int, out: int) -> torch.Tensor:
@@ -23,47 +37,136 @@ def area_weights(starts: torch.Tensor, sizes: torch.Tensor, full: int, out: int)
     return overlap / overlap.sum(-1, keepdim=True)
 
 
-def build_augmentations(names: tuple[str, ...]) -> nn.Module:
+def _lanczos_kernel(ratio: float, lobes: int = 2) -> torch.Tensor:
+    """The reference's low-pass: a Lanczos-`lobes` window sampled every `ratio` (= out / in), normalised."""
+    n = math.ceil(lobes / ratio + 1)
+    x = torch.arange(n, dtype=torch.float32) * ratio
+    x = torch.cat([-x[1:].flip(0), x])[1:-1]
+    kernel = torch.where(x.abs() < lobes, torch.sinc(x) * torch.sinc(x / lobes), torch.zeros(()))
+    return kernel / kernel.sum()
+
+
+@functools.lru_cache(maxsize=64)  # at most 64 x 224 x 512 floats; a 256 px canvas has 33 crop sizes
+def lanczos_bicubic_matrix(size: int, out: int) -> torch.Tensor:
+    """(out, size) matrix of the reference's 1-D resample: when shrinking, a Lanczos-2 filter with
+    reflected edges, then bicubic interpolation with aligned corners. Built by resampling the unit
+    signals, so it is exactly the reference's operation on each column."""
+    x = torch.eye(size)[:, None, :, None]  # (size signals, 1, size, 1)
+    if out < size:
+        kernel = _lanczos_kernel(out / size)
+        pad = (kernel.numel() - 1) // 2
+        x = F.conv2d(F.pad(x, (0, 0, pad, pad), "reflect"), kernel[None, None, :, None])
+    x = F.interpolate(x, (out, 1), mode="bicubic", align_corners=True)  # (size, 1, out, 1)
+    return x[:, 0, :, 0].t()
+
+
+def lanczos_weights(starts: torch.Tensor, sizes: torch.Tensor, full: int, out: int) -> torch.Tensor:
+    """(N, out, full) matrices placing each crop's `lanczos_bicubic_matrix` at its offset."""
+    weights = torch.zeros(len(starts), out, full)
+    for k, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist(), strict=True)):
+        start, size = int(start), int(size)
+        weights[k, :, start : start + size] = lanczos_bicubic_matrix(size, out)
+    return weights.to(starts.device)
+
+
+def build_augmentations(names: tuple[str, ...]) -> nn.ModuleList:
+    """The kornia augmentations by name; "jitter" is the reference's (brightness, contrast, saturation, hue)."""
     table = {
         "affine": lambda: K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="border"),
         "perspective": lambda: K.RandomPerspective(0.7, p=0.7),
-        "jitter": lambda: K.ColorJitter(hue=0.1, saturation=0.1, p=0.7),
+        "jitter": lambda: K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
         "erasing": lambda: K.RandomErasing((0.1, 0.4), (0.3, 1 / 0.3), same_on_batch=True, p=0.7),
         "flip": lambda: K.RandomHorizontalFlip(p=0.5),
         "sharpness": lambda: K.RandomSharpness(0.3, p=0.4),
     }
-    return nn.Sequential(*(table[n]() for n in names))
+    return nn.ModuleList(table[n]() for n in names)
+
+
+def _per_sample_keys(aug: nn.Module) -> frozenset[str]:
+    """The entries of a kornia parameter dict that have one row per sample. The rest are shared by the
+    batch (ColorJitter's `order`, `forward_input_shape`), and their shapes can coincide with a batch
+    size, so they are told apart by drawing for two batch sizes."""
+    with torch.random.fork_rng(devices=[]):
+        one, two = aug.forward_parameters((1, 3, 8, 8)), aug.forward_parameters((2, 3, 8, 8))
+    return frozenset(k for k, v in one.items() if torch.is_tensor(v) and v.dim() and v.shape[0] != two[k].shape[0])
+
+
+@dataclass(frozen=True)
+class CutoutDraw:
+    """Everything random about `n` cutouts of one step; slicing it selects cutouts."""
+
+    boxes: torch.Tensor  # (n, 3) integer-valued x, y, side, in pixels
+    augment: tuple[tuple[dict, dict], ...]  # per augmentation: (per-cutout parameters, shared parameters)
+    noise: torch.Tensor | None  # (n, 3, s, s) noise already scaled by each cutout's factor
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def __getitem__(self, part: slice) -> "CutoutDraw":
+        augment = tuple(({k: v[part] for k, v in rows.items()}, shared) for rows, shared in self.augment)
+        noise = None if self.noise is None else self.noise[part]
+        return replace(self, boxes=self.boxes[part], augment=augment, noise=noise)
 
 
 class Cutouts(nn.Module):
-    """image (1, 3, H, W) in [0, 1] -> (cutn, 3, cut_size, cut_size) augmented cutouts."""
+    """image (1, 3, H, W) in [0, 1] -> (n, 3, cut_size, cut_size) augmented cutouts."""
 
-    def __init__(self, cut_size: int, cutn: int, cut_pow: float = 1.0, augment=(), noise_fac: float = 0.1):
+    def __init__(
+        self,
+        cut_size: int,
+        cutn: int,
+        cut_pow: float = 1.0,
+        augment=(),
+        noise_fac: float = 0.1,
+        resample: str = "area",
+    ):
         super().__init__()
+        if resample not in RESAMPLERS:
+            raise ValueError(f"resample must be one of {RESAMPLERS}, not {resample!r}")
         self.cut_size, self.cutn, self.cut_pow, self.noise_fac = cut_size, cutn, cut_pow, noise_fac
+        self.weights = area_weights if resample == "area" else lanczos_weights
         self.augs = build_augmentations(tuple(augment))
+        self._per_cutout_keys = [_per_sample_keys(aug) for aug in self.augs]
 
-    def boxes(self, height: int, width: int, device) -> torch.Tensor:
-        """(cutn, 5) boxes [batch, x1, y1, x2, y2] in pixel coordinates."""
+    def draw(self, height: int, width: int, generator: torch.Generator) -> CutoutDraw:
+        """Boxes, augmentation parameters and noise for `cutn` cutouts of an H x W image, all from
+        `generator` (kornia draws from the global generator, so it runs in a forked one seeded from ours)."""
+        n, device = self.cutn, generator.device
         max_size = min(height, width)
         min_size = min(height, width, self.cut_size)
-        sizes = (torch.rand(self.cutn) ** self.cut_pow * (max_size - min_size) + min_size).floor()
-        ox = (torch.rand(self.cutn) * (width - sizes + 1)).floor()
-        oy = (torch.rand(self.cutn) * (height - sizes + 1)).floor()
-        zeros = torch.zeros(self.cutn)
-        return torch.stack([zeros, ox, oy, ox + sizes, oy + sizes], 1).to(device)
-
-    def forward(self, img: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
-        """Cut out `boxes` (default: `cutn` fresh random boxes), resample, augment, add noise."""
-        _, _, height, width = img.shape
-        if boxes is None:
-            boxes = self.boxes(height, width, img.device)
-        sizes = boxes[:, 3] - boxes[:, 1]
-        rows = area_weights(boxes[:, 2], sizes, height, self.cut_size).to(img.dtype)  # (N, s, H)
-        cols = area_weights(boxes[:, 1], sizes, width, self.cut_size).to(img.dtype)  # (N, s, W)
-        cuts = rows[:, None] @ img @ cols[:, None].transpose(-1, -2)  # (N, 3, s, s)
-        cuts = self.augs(cuts.float())
+        uniform = torch.rand(3, n, generator=generator, device=device)
+        sizes = (uniform[0] ** self.cut_pow * (max_size - min_size) + min_size).floor()
+        x, y = (uniform[1] * (width - sizes + 1)).floor(), (uniform[2] * (height - sizes + 1)).floor()
+        boxes = torch.stack([x, y, sizes], 1)
+        seed = int(torch.randint(2**62, (), generator=generator, device=device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            augment = tuple(
+                self._draw_params(aug, keys, n) for aug, keys in zip(self.augs, self._per_cutout_keys, strict=True)
+            )
+        noise = None
         if self.noise_fac:
-            facs = cuts.new_empty([cuts.shape[0], 1, 1, 1]).uniform_(0, self.noise_fac)
-            cuts = cuts + facs * torch.randn_like(cuts)
+            facs = torch.rand(n, 1, 1, 1, generator=generator, device=device) * self.noise_fac
+            noise = facs * torch.randn(n, 3, self.cut_size, self.cut_size, generator=generator, device=device)
+        return CutoutDraw(boxes, augment, noise)
+
+    def _draw_params(self, aug: nn.Module, per_cutout: frozenset[str], n: int) -> tuple[dict, dict]:
+        """kornia parameters for n cutouts, split into per-cutout rows and what the batch shares."""
+        aug.set_rng_device_and_dtype(torch.device("cpu"), torch.float32)  # the forked generator's device
+        params = aug.forward_parameters((n, 3, self.cut_size, self.cut_size))
+        rows = {k: v for k, v in params.items() if k in per_cutout}
+        return rows, {k: v for k, v in params.items() if k not in per_cutout}
+
+    def forward(self, img: torch.Tensor, draw: CutoutDraw) -> torch.Tensor:
+        """Cut out the drawn boxes, resample to `cut_size`, augment, add the drawn noise."""
+        _, _, height, width = img.shape
+        boxes = draw.boxes.to(img.device)
+        x, y, sizes = boxes.unbind(1)
+        rows = self.weights(y, sizes, height, self.cut_size).to(img.dtype)  # (n, s, H)
+        cols = self.weights(x, sizes, width, self.cut_size).to(img.dtype)  # (n, s, W)
+        cuts = (rows[:, None] @ img @ cols[:, None].transpose(-1, -2)).float()  # (n, 3, s, s)
+        for aug, (per_cutout, shared) in zip(self.augs, draw.augment, strict=True):
+            cuts = aug(cuts, params={**per_cutout, **shared})
+        if draw.noise is not None:
+            cuts = cuts + draw.noise.to(cuts.device)
         return cuts

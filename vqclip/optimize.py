@@ -3,15 +3,19 @@ Generation and Editing with Natural Language Guidance"; Esser et al. 2021 for th
 
 Per step: quantise z with a straight-through gradient, decode, clamp with a gradient that still pushes
 back into range, cut out and augment, encode with each CLIP, sum the weighted squared spherical
-distances to the prompts, take an Adam step, clamp z to the codebook's per-channel range.
+distances to the prompts, take an Adam step, clamp z to the codebook's per-channel range. Under fp16
+autocast the loss is scaled dynamically, and a step whose gradient overflows is skipped.
 """
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from vqclip.device import autocast as autocast_context
 
 
 class _ClampWithGrad(torch.autograd.Function):
@@ -40,8 +44,16 @@ def quantize_st(vqgan, z: torch.Tensor) -> torch.Tensor:
 
 
 def synth(vqgan, z: torch.Tensor) -> torch.Tensor:
-    """Latent (1, C, h, w) -> image (1, 3, H, W) in [0, 1], differentiable in z."""
+    """Latent (1, C, h, w) -> image (1, 3, H, W) in [0, 1], differentiable in z, in the caller's precision."""
     return clamp_with_grad(vqgan.decode(quantize_st(vqgan, z)).float().add(1).div(2), 0, 1)
+
+
+@torch.no_grad()
+def decode_image(vqgan, z: torch.Tensor) -> torch.Tensor:
+    """The pixels that are kept (the PNG, frames, previews): z decoded in fp32 with autocast off, whatever
+    the run's precision (bf16 moves about 65% of 8-bit pixels, by up to 14 levels)."""
+    with torch.autocast(z.device.type, enabled=False):
+        return synth(vqgan, z.detach().float())
 
 
 def spherical_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,18 +64,42 @@ def spherical_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Target:
-    """One prompt as CLIP sees it: an embedding (D,), a weight (negative pushes away) and a stop floor."""
+    """One prompt as CLIP sees it: embeddings (K, D) (K = 1 for text, one per cutout for an image), a weight
+    (negative pushes away) and a stop below which a cutout's distance no longer pulls."""
 
     embed: torch.Tensor
     weight: float = 1.0
     stop: float = float("-inf")
 
+    def __post_init__(self):
+        self.embed = self.embed.reshape(-1, self.embed.shape[-1])
+
     def loss(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        """|w| * mean(sign(w) * d) over the cutouts, where d stops counting below the floor."""
-        d = spherical_dist(image_embeds, self.embed) * (1.0 if self.weight >= 0 else -1.0)
-        floor = torch.full_like(d, self.stop)
-        d = d + (torch.maximum(d, floor) - d).detach()  # forward: the floor; backward: d's gradient
+        """|w| * mean(sign(w) * d) over every (cutout, embedding) pair, as in the reference `Prompt`: the
+        value is the raw distance, the gradient goes through max(sign(w) * d, stop), so a pair already
+        past its stop contributes none."""
+        d = spherical_dist(image_embeds[:, None], self.embed[None]) * math.copysign(1.0, self.weight)  # (N, K)
+        stopped = torch.maximum(d, torch.full_like(d, self.stop))
+        d = stopped + (d - stopped).detach()  # forward: d; backward: the gradient of max(d, stop)
         return abs(self.weight) * d.mean()
+
+
+def area_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) with the aspect ratio of height x width and the area of `size` (w, h), never enlarged:
+    how the reference sizes an image prompt before cutting it out."""
+    area = min(height * width, size[0] * size[1])
+    return round(math.sqrt(area * height / width)), round(math.sqrt(area * width / height))
+
+
+@torch.no_grad()
+def embed_image_prompt(clip, cutouts, image: torch.Tensor, size: tuple[int, int], generator) -> torch.Tensor:
+    """An image prompt as the reference embeds it: the CLIP embeddings (cutn, D) of `cutn` augmented
+    cutouts of the image (1, 3, H, W) in [0, 1], resized to the canvas area `size` (w, h) with its own
+    aspect ratio; its Target pulls by the mean distance to all of them (several scales, nothing cropped)."""
+    height, width = area_size(image.shape[2], image.shape[3], size)
+    pixels = F.interpolate(image.float(), (height, width), mode="bicubic", antialias=True, align_corners=False)
+    cuts = cutouts(pixels.clamp(0, 1), cutouts.draw(height, width, generator))
+    return clip.encode_image(cuts).float()
 
 
 @dataclass
@@ -71,8 +107,21 @@ class Guide:
     """A CLIP model, its cutout maker, and its targets per story phase."""
 
     clip: object  # vqclip.models.clip.ClipModel
-    cutouts: torch.nn.Module
+    cutouts: torch.nn.Module  # vqclip.cutouts.Cutouts
     phases: list  # list[list[Target]]: targets of each phase (image/noise prompts in every phase)
+
+
+@dataclass(frozen=True)
+class OptimStep:
+    """The state after one step of `optimize`."""
+
+    i: int  # steps done
+    loss: float  # the total loss of this step (nan if an fp16 forward overflowed)
+    losses: tuple[float, ...]  # each target's loss, CLIP by CLIP, then the init pull if any
+    phase: int  # the story phase of this step
+    z: torch.Tensor  # the latent after the step (a detached copy)
+    skipped: bool = False  # fp16: the gradient overflowed, z was left as it was and the loss scale lowered
+    scale: float = 1.0  # fp16: the loss scale the next step uses
 
 
 def codebook_range(vqgan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,31 +130,72 @@ def codebook_range(vqgan) -> tuple[torch.Tensor, torch.Tensor]:
     return cb.min(0).values.view(1, -1, 1, 1), cb.max(0).values.view(1, -1, 1, 1)
 
 
+def untimed(stage: str) -> contextlib.AbstractContextManager:
+    """The default `timer`: time nothing."""
+    return contextlib.nullcontext()
+
+
+def loss_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for fp16 autocast (a no-op otherwise): small gradients in the fp16 backward
+    would flush to zero unscaled; an overflow skips the step and halves the scale. The scale may grow
+    again after 100 clean steps (torch's 2000 suits training runs, not 300-step optimisations)."""
+    return torch.amp.GradScaler(device.type, growth_interval=100, enabled=dtype == torch.float16)
+
+
+def clip_losses(guide: Guide, targets: list, pixels, generator, chunk=None, amp=None, timer=None, scaler=None) -> list:
+    """Back-propagate one CLIP's losses (times the scaler's scale) into `pixels.grad`, `chunk` cutouts at a
+    time; return each target's loss, unscaled. All cutouts are drawn before the first chunk, so neither the
+    losses nor the gradient depend on the chunk size."""
+    if not targets:
+        return []
+    amp, timer = amp or contextlib.nullcontext(), timer or untimed
+    scaler = scaler or loss_scaler(pixels.device, None)
+    cutn = guide.cutouts.cutn
+    chunk = chunk or cutn
+    draw = guide.cutouts.draw(pixels.shape[2], pixels.shape[3], generator)
+    totals = [torch.zeros((), device=pixels.device) for _ in targets]
+    for start in range(0, cutn, chunk):
+        part = draw[start : start + chunk]
+        with timer("cutouts"), amp:
+            cuts = guide.cutouts(pixels, part)
+        with timer("clip"), amp:
+            embeds = guide.clip.encode_image(cuts).float()
+            parts = [t.loss(embeds) * (len(part) / cutn) for t in targets]
+        with timer("backward"):
+            scaler.scale(torch.stack(parts).sum()).backward()
+        totals = [total + p.detach() for total, p in zip(totals, parts, strict=True)]
+    return totals
+
+
 def optimize(
     vqgan,
     guides: list[Guide],
     z: torch.Tensor,
     steps: int,
+    *,
+    generator: torch.Generator,
     lr: float = 0.1,
     init_weight: float = 0.0,
-    phase_of=lambda i: 0,
-    autocast: contextlib.AbstractContextManager | None = None,
+    phase_of: Callable[[int], int] = lambda i: 0,
+    dtype: torch.dtype | None = None,
     clip_chunk: int | None = None,
     timer=None,
-    transform=None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     transform_every: int = 0,
-) -> Iterator[dict]:
-    """Optimise z in place; yield {'i', 'loss', 'losses', 'phase', 'z'} after each step.
+) -> Iterator[OptimStep]:
+    """Optimise z in place; yield an OptimStep after each step.
 
     Args:
         vqgan: a frozen VQGAN (vqclip.models.vqgan.VQGAN).
         guides: the CLIP models with their cutouts and prompt targets.
         z: the initial latent (1, C, h, w), float32; optimised in place.
         steps: number of Adam steps.
+        generator: the source of every random draw in the loop (cutouts, augmentations, noise).
         lr: Adam step size.
-        init_weight: weight of the MSE pull towards the initial latent.
+        init_weight: weight of the MSE pull towards the initial latent (Crowson's notebook).
         phase_of: maps a step to its story phase.
-        autocast: a context manager for the decoder and CLIP passes (e.g. bf16 autocast).
+        dtype: the autocast dtype of the decoder and CLIP passes (None: fp32); fp16 adds loss scaling.
+            The latent, the losses and Adam stay fp32, and so does the nearest-code search.
         clip_chunk: encode at most this many cutouts at once (bounds CLIP's activation memory).
         timer: optional `timer(stage)` context manager factory, for per-stage timings (benchmarks).
         transform: optional z -> z applied every `transform_every` steps (animation); Adam restarts.
@@ -114,46 +204,45 @@ def optimize(
     z_min, z_max = codebook_range(vqgan)
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    autocast = autocast or contextlib.nullcontext()
-    timer = timer or (lambda stage: contextlib.nullcontext())
+    amp = autocast_context(z.device, dtype)
+    scaler = loss_scaler(z.device, dtype)
+    timer = timer or untimed
     for i in range(steps):
         phase = phase_of(i)
         opt.zero_grad(set_to_none=True)
         # 1. Decode the quantised latent.
-        with timer("decoder"), autocast:
+        with timer("decoder"), amp:
             image = synth(vqgan, z)
-        # 2. CLIP losses on the cutouts; chunks are back-propagated to the image one at a time.
+        # 2. CLIP losses on the cutouts, back-propagated to the image (a leaf) chunk by chunk.
         pixels = image.detach().requires_grad_(True)
         losses = []
         for guide in guides:
-            cutn = guide.cutouts.cutn
-            chunk = clip_chunk or cutn
-            boxes = guide.cutouts.boxes(pixels.shape[2], pixels.shape[3], pixels.device)
-            for start in range(0, cutn, chunk):
-                with timer("cutouts"), autocast:
-                    cuts = guide.cutouts(pixels, boxes[start : start + chunk])
-                with timer("clip"), autocast:
-                    embeds = guide.clip.encode_image(cuts).float()
-                    parts = [t.loss(embeds) * (embeds.shape[0] / cutn) for t in guide.phases[phase]]
-                    loss = torch.stack(parts).sum()
-                with timer("backward"):
-                    loss.backward()
-                losses.append(loss.detach())
+            losses += clip_losses(guide, guide.phases[phase], pixels, generator, clip_chunk, amp, timer, scaler)
         # 3. Back through the decoder once, plus the pull towards the initial latent.
         with timer("backward"):
             image.backward(pixels.grad)
             if init_weight:
                 pull = F.mse_loss(z, z_init) * (init_weight / 2)
-                pull.backward()
+                scaler.scale(pull).backward()
                 losses.append(pull.detach())
-        # 4. Adam step, then keep z inside the codebook's range.
+        # 4. Adam step (skipped by the scaler if the gradient overflowed), then keep z in the codebook's range.
         with timer("optimiser"):
-            opt.step()
+            scale = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
             with torch.no_grad():
                 z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
         if transform is not None and transform_every and (i + 1) % transform_every == 0 and i + 1 < steps:
             with torch.no_grad():
                 z.copy_(transform(z.detach()))
             opt.state.clear()  # the moment estimates belonged to the old image
-        total = float(torch.stack(losses).sum())
-        yield {"i": i + 1, "loss": total, "losses": [float(x) for x in losses], "phase": phase, "z": z.detach()}
+        values = torch.stack(losses).tolist() if losses else []
+        yield OptimStep(
+            i + 1,
+            math.fsum(values),
+            tuple(values),
+            phase,
+            z.detach().clone(),
+            skipped=scaler.get_scale() < scale,
+            scale=scaler.get_scale(),
+        )

@@ -205,12 +205,18 @@ class Decoder(_Stack):
 
 
 def nearest_codes(z: torch.Tensor, codebook: torch.Tensor, codebook_sq: torch.Tensor | None = None):
-    """Indices (B, h, w) of the codebook rows nearest to each latent vector of z (B, C, h, w)."""
+    """Indices (B, h, w) of the codebook rows nearest to each latent vector of z (B, C, h, w).
+
+    Always in fp32 with autocast off: under bf16 the distance matmul picks other codes (4 of 256 on encoder
+    latents), and the codes decide the picture.
+    """
     b, c, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, c).to(codebook.dtype)  # (B*h*w, C)
-    if codebook_sq is None:
-        codebook_sq = codebook.pow(2).sum(1)
-    d = flat.pow(2).sum(1, keepdim=True) + codebook_sq - 2 * flat @ codebook.t()  # (B*h*w, n_embed)
+    with torch.autocast(z.device.type, enabled=False):
+        codebook = codebook.float()
+        flat = z.permute(0, 2, 3, 1).reshape(-1, c).float()  # (B*h*w, C)
+        if codebook_sq is None:
+            codebook_sq = codebook.pow(2).sum(1)
+        d = flat.pow(2).sum(1, keepdim=True) + codebook_sq.float() - 2 * flat @ codebook.t()  # (B*h*w, n_embed)
     return d.argmin(1).reshape(b, h, w)
 
 
@@ -282,7 +288,9 @@ class GumbelQuantize(_Quantizer):
         return self.embed.weight
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
-        return self.proj(z).argmax(1)
+        """Argmax of the logits, computed in fp32 like the nearest-code search (the codes decide the picture)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self.proj(z.float()).argmax(1)
 
 
 class VQGAN(nn.Module):
@@ -314,10 +322,20 @@ class VQGAN(nn.Module):
         return self.quantize.codebook
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Image (B, 3, H, W) in [-1, 1] -> latent (B, embed_dim, H/f, W/f) before quantisation."""
+        """Image (B, 3, H, W) in [-1, 1] -> latent (B, embed_dim, H/f, W/f) before quantisation.
+
+        For GumbelVQ this is the input of the logits head, not a vector of the codebook space: start an
+        optimisation from `encode_codes` instead."""
         if self.encoder is None:
             raise RuntimeError("this VQGAN's encoder was dropped (drop_encoder) to save memory")
         return self.quant_conv(self.encoder(x))
+
+    def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, 3, H, W) in [-1, 1] -> the model's own quantised codes (B, embed_dim, H/f, W/f), exact:
+        what taming's `encode` returns (nearest codes; for GumbelVQ the argmax of the logits), as vectors
+        of the codebook space the optimisation loop works in. Init images and animation frames start here.
+        """
+        return self.embed(self.quantize.indices(self.encode(x))).float()
 
     def drop_encoder(self) -> None:
         """Free the encoder (40% of the weights) when nothing will be encoded."""
