@@ -40,9 +40,8 @@ def _similarity(models, image, text):
     from vqclip.images import to_tensor
 
     clip = models.clips[0]
-    with torch.random.fork_rng():
-        torch.manual_seed(1234)
-        cuts = Cutouts(clip.input_size, 64, augment=(), noise_fac=0.0)(to_tensor(image))
+    cutouts = Cutouts(clip.input_size, 64, augment=(), noise_fac=0.0)
+    cuts = cutouts(to_tensor(image), cutouts.draw(image.height, image.width, torch.Generator().manual_seed(1234)))
     with torch.no_grad():
         return torch.cosine_similarity(clip.encode_image(cuts), clip.encode_text([text])).mean().item()
 

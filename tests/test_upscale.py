@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli, tiny_args
+from tests.conftest import tiny_args
 from vqclip.upscale import load_upscaler, upscale_tensor
 
 
@@ -45,11 +45,11 @@ def picture(tmp_path):
     return path
 
 
-def test_loads_through_spandrel_and_scales_exactly(tiny_esrgan, picture, tmp_path):
+def test_loads_through_spandrel_and_scales_exactly(tiny_esrgan, picture, tmp_path, vq):
     model = load_upscaler(tiny_esrgan)
     assert model.scale == 4
     for scale in ("4", "2"):
-        r = run_cli("upscale", picture, "--model", tiny_esrgan, "--scale", scale, "-q")
+        r = vq("upscale", picture, "--model", tiny_esrgan, "--scale", scale, "-q")
         assert r.returncode == 0, r.stderr.decode()
         out = r.stdout.decode().strip()
         assert out.endswith(f"pic_x{scale}.png")
@@ -67,7 +67,7 @@ def test_tiled_matches_untiled(tiny_esrgan):
     assert (whole - tiled).abs().max() < 1e-3
 
 
-def test_metadata_is_carried_over(tiny_esrgan, tmp_path):
+def test_metadata_is_carried_over(tiny_esrgan, tmp_path, vq):
     from vqclip.output import png_info, save_png
 
     src = save_png(
@@ -75,7 +75,7 @@ def test_metadata_is_carried_over(tiny_esrgan, tmp_path):
         tmp_path / "gen.png",
         png_info("a cat\nSteps: 3", {"seed": 5, "config": {"prompt": "a cat"}}),
     )
-    r = run_cli("upscale", src, "--model", tiny_esrgan, "-o", tmp_path / "big.png", "-q")
+    r = vq("upscale", src, "--model", tiny_esrgan, "-o", tmp_path / "big.png", "-q")
     assert r.returncode == 0, r.stderr.decode()
     with Image.open(tmp_path / "big.png") as im:
         meta = json.loads(im.text["vqclip"])
@@ -91,7 +91,7 @@ def test_metadata_is_carried_over(tiny_esrgan, tmp_path):
         ("corrupt_weights", 3, "is not a loadable super-resolution model"),
     ],
 )
-def test_bad_inputs(tiny_esrgan, picture, tmp_path, case, code, message):
+def test_bad_inputs(tiny_esrgan, picture, tmp_path, case, code, message, vq):
     image, weights = picture, tiny_esrgan
     if case == "not_image":
         image = tmp_path / "notes.png"
@@ -101,17 +101,36 @@ def test_bad_inputs(tiny_esrgan, picture, tmp_path, case, code, message):
     else:
         weights = tmp_path / "broken.pth"
         weights.write_bytes(tiny_esrgan.read_bytes()[:500])
-    r = run_cli("upscale", image, "--model", weights, "-q")
+    r = vq("upscale", image, "--model", weights, "-q")
     assert r.returncode == code, r.stderr.decode()
     assert message in r.stderr.decode() and "Traceback" not in r.stderr.decode()
 
 
-def test_generate_with_upscale_uses_the_registry_entry(fixtures, tiny_clip, tiny_esrgan, tmp_path, isolated):
+def test_generate_with_upscale_uses_the_registry_entry(fixtures, tiny_clip, tiny_esrgan, tmp_path, isolated, vq):
     # a user entry with the registry's name and a local file: the same resolution path as a download
     (isolated / "config.toml").write_text(f'[models.realesrgan_x4plus]\nkind = "upscaler"\npath = "{tiny_esrgan}"\n')
     args = tiny_args(fixtures / "vqgan_tiny_f16.ckpt", tiny_clip, size=32)
-    r = run_cli("a cat", *args, "--steps", "2", "--upscale", "2", "-o", tmp_path / "up.png", "-q")
+    r = vq("a cat", *args, "--steps", "2", "--seed", "4", "--upscale", "2", "-o", tmp_path / "up.png", "-q")
     assert r.returncode == 0, r.stderr.decode()
     with Image.open(tmp_path / "up.png") as im:
         assert im.size == (64, 64)
-        assert json.loads(im.text["vqclip"])["upscale"]["factor"] == 2
+        cli_pixels, cli_record = im.convert("RGB").tobytes(), json.loads(im.text["vqclip"])
+        assert "Size: 64x64" in im.text["parameters"] and "Upscale: x2 from 32x32" in im.text["parameters"]
+    assert cli_record["upscale"]["factor"] == 2
+    # the library does what the CLI promises: the same upscaled pixels and the same record
+    import vqclip
+    from vqclip.config import GenerationConfig
+    from vqclip.metadata import record
+
+    cfg = GenerationConfig.from_dict(cli_record["config"])
+    result = vqclip.generate(cfg)
+    assert result.image.size == (64, 64) and result.image.tobytes() == cli_pixels
+    api_record = json.loads(json.dumps(record(result)))  # as stored in the PNG
+    assert api_record == cli_record
+
+
+def test_generate_with_an_unavailable_upscaler_fails_before_the_run(fixtures, tiny_clip, tmp_path, vq):
+    args = tiny_args(fixtures / "vqgan_tiny_f16.ckpt", tiny_clip, size=32)
+    r = vq("a cat", *args, "--steps", "2", "--upscale", "4", "--offline", "--progress", "json", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr.decode()
+    assert b"realesrgan_x4plus" in r.stderr and b'"job": "optimize"' not in r.stderr  # no step was run for nothing

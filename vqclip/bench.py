@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from vqclip.config import GenerationConfig
-from vqclip.device import autocast, resolve_device, resolve_precision
+from vqclip.device import resolve_device, resolve_precision
 from vqclip.guidance import guides
 from vqclip.loading import Models, prepare_for_speed
 from vqclip.optimize import optimize
@@ -101,7 +101,8 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     w, h = cfg.size
     f = models.vqgan.factor
     z = models.vqgan.embed(torch.randint(models.vqgan.config.n_embed, (1, h // f, w // f))).to(models.device)
-    targets = guides(models, cfg)
+    generator = torch.Generator().manual_seed(0)
+    targets = guides(models, cfg, generator)
     chunk = plan.clip_chunk if plan else None
     models.vqgan.set_checkpointing(bool(plan and plan.checkpointing))
     timer = _Timer(models.device, {})
@@ -110,8 +111,9 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
         targets,
         z.float(),
         warmup + steps + 1,
+        generator=generator,
         lr=cfg.lr,
-        autocast=autocast(models.device, models.dtype),
+        dtype=models.dtype,
         clip_chunk=chunk,
         timer=timer,
     )

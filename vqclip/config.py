@@ -10,6 +10,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from vqclip.errors import UsageError
 from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
 
+RESAMPLES = ("area", "lanczos")
 AUGMENTS = ("affine", "perspective", "jitter", "erasing", "flip", "sharpness")
 DEFAULT_AUGMENTS = ("affine", "perspective", "jitter", "erasing")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -59,6 +60,7 @@ class GenerationConfig:
     clip: tuple[str, ...] = (DEFAULT_CLIP,)  # one or more CLIP models; their losses add
     augment: tuple[str, ...] = DEFAULT_AUGMENTS  # kornia augmentations applied to the cutouts
     noise_fac: float = 0.1  # maximum std of the noise added to each cutout
+    resample: str = "area"  # how cutouts are resized to CLIP's input: exact area averaging or Lanczos+bicubic
     device: str = "auto"  # auto picks CUDA, then MPS, then the CPU
     precision: str = "auto"  # auto: bf16 autocast where the hardware runs it fast, else fp32
     max_memory: int | None = None  # bytes the memory plan may use (default: the free memory)
@@ -106,6 +108,7 @@ class GenerationConfig:
         _choice("init", self.init, INITS)
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("resample", self.resample, RESAMPLES)
         for name in self.augment:
             _choice("augment", name, AUGMENTS)
         _positive("frames_every", self.frames_every)

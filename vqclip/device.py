@@ -32,8 +32,20 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def auto_cuda_dtype(capability: tuple[int, int]) -> torch.dtype | None:
+    """bf16 on Ampere and newer (8.x+); fp16 with loss scaling on Pascal, Volta and Turing (6.x, 7.x: the T4,
+    P100 and V100 of free notebooks, whose tensor cores have no bf16); fp32 on anything older."""
+    major = capability[0]
+    if major >= 8:
+        return torch.bfloat16
+    if major >= 6:
+        return torch.float16
+    return None
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). auto: bf16 on Ampere+ GPUs and bf16-capable CPUs, else fp32."""
+    """The autocast dtype (None = fp32). auto: bf16 on Ampere+ GPUs and CPUs with fast bf16, fp16 on 6.x/7.x
+    GPUs (vqclip.optimize scales the loss), fp32 elsewhere."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -41,7 +53,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else None
+        return auto_cuda_dtype(torch.cuda.get_device_capability(device))
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     return None

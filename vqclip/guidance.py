@@ -10,8 +10,8 @@ import torch
 from vqclip.animation import latent_transform
 from vqclip.device import autocast
 from vqclip.events import Progress, ProgressFn, ignore
-from vqclip.images import load_image, to_pil
-from vqclip.optimize import Guide, Target, optimize, synth
+from vqclip.images import load_image, open_image, to_pil, to_tensor
+from vqclip.optimize import Guide, Target, decode_image, embed_image_prompt, optimize
 from vqclip.prompts import parse_prompt, parse_story, phase_at
 
 
@@ -34,23 +34,23 @@ StepFn = Callable[[Step], None]
 
 def decode(models, z: torch.Tensor):
     """A latent as a PIL image, decoded in fp32 whatever the run's precision (the pixels that are kept)."""
-    with torch.no_grad():
-        return to_pil(synth(models.vqgan, z.detach().float()))
+    return to_pil(decode_image(models.vqgan, z))
 
 
-def guides(models, cfg) -> list[Guide]:
+def guides(models, cfg, generator: torch.Generator) -> list[Guide]:
     """Each CLIP with its cutouts and its prompt targets per story phase (image and noise prompts in all)."""
     from vqclip.cutouts import Cutouts
 
     phases = parse_story(cfg.prompt) or [[]]
     out = []
     for clip in models.clips:
+        cut = Cutouts(clip.input_size, cfg.cutn, cfg.cut_pow, cfg.augment, cfg.noise_fac, resample=cfg.resample)
         extra = []
         for item in cfg.image_prompts:
             p = parse_prompt(item)
-            pixels = load_image(p.text, clip.input_size, clip.input_size).to(models.device)
-            with torch.no_grad(), autocast(models.device, models.dtype):
-                extra.append(Target(clip.encode_image(pixels).float()[0], p.weight, p.stop))
+            image = to_tensor(open_image(p.text)).to(models.device)
+            with autocast(models.device, models.dtype):
+                extra.append(Target(embed_image_prompt(clip, cut, image, cfg.size, generator), p.weight, p.stop))
         for item in cfg.noise_prompts:
             p = parse_prompt(item)
             gen = torch.Generator().manual_seed(int(p.text))
@@ -60,7 +60,6 @@ def guides(models, cfg) -> list[Guide]:
         for phase in phases:
             texts = clip.encode_text([p.text for p in phase]) if phase else []
             per_phase.append([Target(e, p.weight, p.stop) for e, p in zip(texts, phase, strict=True)] + extra)
-        cut = Cutouts(clip.input_size, cfg.cutn, cfg.cut_pow, cfg.augment, cfg.noise_fac)
         out.append(Guide(clip, cut, per_phase))
     return out
 
@@ -78,7 +77,7 @@ def initial_latent(models, cfg, generator: torch.Generator) -> torch.Tensor:
         else:
             idx = torch.randint(vqgan.config.n_embed, (1, h // f, w // f), generator=generator)
             return vqgan.embed(idx.to(models.device)).float()
-        return vqgan.encode(pixels * 2 - 1).float()
+        return vqgan.encode_codes(pixels * 2 - 1)
 
 
 def run_guided(
@@ -97,36 +96,32 @@ def run_guided(
     Everything random is seeded from `cfg.seed` before anything random happens; `z` starts from a given
     latent instead of the config's init (a canvas's refinement); `stop_after` ends the loop early.
     """
-    torch.manual_seed(cfg.seed)  # the cutouts and augmentations draw from the global generator
     generator = torch.Generator().manual_seed(cfg.seed)
-    targets = guides(models, cfg)
     z = z.clone().float() if z is not None else initial_latent(models, cfg, generator)
+    targets = guides(models, cfg, generator)
     n_phases = len(targets[0].phases)
-    run_autocast = autocast(models.device, models.dtype)
     models.vqgan.set_checkpointing(plan.checkpointing)
     loop = optimize(
         models.vqgan,
         targets,
         z,
         cfg.steps,
+        generator=generator,
         lr=cfg.lr,
         init_weight=cfg.init_weight,
         phase_of=lambda i: phase_at(i, n_phases, cfg.steps, cfg.change_prompt_every),
-        autocast=run_autocast,
+        dtype=models.dtype,
         clip_chunk=plan.clip_chunk,
-        transform=latent_transform(models.vqgan, cfg.zoom, cfg.rotate, cfg.shift, run_autocast)
-        if cfg.animated
-        else None,
+        transform=latent_transform(models.vqgan, cfg.zoom, cfg.rotate, cfg.shift) if cfg.animated else None,
         transform_every=cfg.frames_every,
     )
     loss, done = float("nan"), 0
     for state in loop:
-        loss, done = state["loss"], state["i"]
+        loss, done = state.loss, state.i
         if on_step is not None:  # first: a step that was reported is a step that is kept
-            latent = state["z"]
-            image = lambda latent=latent: decode(models, latent)  # noqa: E731
-            on_step(Step(done, cfg.steps, loss, state["losses"], state["phase"], stage, latent, image))
-        progress(Progress("optimize", done, cfg.steps, stage=stage, loss=loss, phase=state["phase"]))
+            image = lambda latent=state.z: decode(models, latent)  # noqa: E731
+            on_step(Step(done, cfg.steps, loss, list(state.losses), state.phase, stage, state.z, image))
+        progress(Progress("optimize", done, cfg.steps, stage=stage, loss=loss, phase=state.phase))
         if done == stop_after:
             break
     return z.detach(), loss, done

@@ -35,16 +35,18 @@ def check_image(path: str, what: str = "Image") -> None:
     file = Path(path).expanduser()
     if not file.is_file():
         raise UsageError(f"{what} {path} does not exist.")
+    too_large = UsageError(
+        f"{what} {path} has more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels, the limit for input images.",
+        "Scale it down first (vqclip resizes every input to the canvas anyway).",
+    )
     try:
         with Image.open(file) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise UsageError(
-                    f"{what} {path} is {im.width}x{im.height} pixels, more than the limit of "
-                    f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels.",
-                    "Scale it down first (vqclip resizes every input to the canvas anyway).",
-                )
+                raise too_large
             im.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError:
+        raise too_large from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UsageError(f"{what} {path} is not an image that can be read ({err}).") from None
 
 

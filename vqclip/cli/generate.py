@@ -40,7 +40,7 @@ def default_stem(cfg: GenerationConfig) -> str:
     return Path(parse_prompt(cfg.image_prompts[0]).text).stem if cfg.image_prompts else "noise"
 
 
-def run_command(cfg, output, overwrite, save_every, frames, video, offline, progress_mode, plan=None, stop_after=None):
+def run_command(cfg, output, overwrite, save_every, frames, video, offline, progress_mode, stop_after=None):
     """The one pass for a single image: validate, load, prepare, render; print the path."""
     from vqclip.output import OutputOptions, default_name, output_path
     from vqclip.validate import check_video, check_writable, validate
@@ -58,7 +58,7 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
         from vqclip.job import prepare
         from vqclip.render import render
 
-        job = prepare(cfg, models, plan=plan, stop_after=stop_after)
+        job = prepare(cfg, models, stop_after=stop_after)
         for note in job.notes:
             reporter.message(note)
         result = render(job, models, out, progress=reporter)
@@ -97,7 +97,6 @@ def generate(prompt, output, overwrite, save_every, frames, video, offline, quie
 def replay(image, output, overwrite, offline, quiet, progress):
     """Regenerate an image from the settings stored in a PNG that vqclip wrote (the same pixels on the same
     device and precision). An interrupted image replays the steps it holds; an upscaled one is upscaled."""
-    from vqclip.memory import Plan
     from vqclip.metadata import read_record
 
     record = read_record(image)
@@ -106,13 +105,11 @@ def replay(image, output, overwrite, offline, quiet, progress):
     except (TypeError, ValueError) as err:
         raise UsageError(f"{image} has vqclip metadata this version cannot replay ({err}).") from None
     check_inputs_unchanged(record)
-    recorded = record.get("plan")  # the same CLIP chunks draw the same augmentations
-    plan = Plan(recorded["checkpointing"], recorded["clip_chunk"], 0, 0) if recorded else None
     stop_after = None if record.get("complete", True) else record.get("steps_done")
     if record.get("upscale"):
         cfg = replace(cfg, upscale=record["upscale"]["factor"])
     out = output if output is not None else str(Path(image))
-    run_command(cfg, out, overwrite, 0, None, None, offline, "none" if quiet else progress, plan, stop_after)
+    run_command(cfg, out, overwrite, 0, None, None, offline, "none" if quiet else progress, stop_after=stop_after)
 
 
 def check_inputs_unchanged(record: dict) -> None:

@@ -2,7 +2,7 @@
 
 import click
 
-from vqclip.config import AUGMENTS, DEVICES, INITS, PRECISIONS, GenerationConfig, default, parse_size
+from vqclip.config import AUGMENTS, DEVICES, INITS, PRECISIONS, RESAMPLES, GenerationConfig, default, parse_size
 from vqclip.errors import UsageError
 
 
@@ -98,6 +98,13 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
             help=f"Comma list of {', '.join(AUGMENTS)}, or none [default: {','.join(d('augment'))}].",
         ),
         click.option("--noise-fac", default=d("noise_fac"), show_default=True, type=float, help="Cutout noise."),
+        click.option(
+            "--resample",
+            type=click.Choice(RESAMPLES),
+            default=d("resample"),
+            show_default=True,
+            help="Cutout resize: exact area averaging, or the reference scripts' Lanczos then bicubic.",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default=d("device"), show_default=True),
         click.option(
             "--precision",
@@ -181,7 +188,7 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
 
 CONFIG_FIELDS = (
     "size steps seed cutn cut_pow lr init init_image init_weight image_prompts noise_prompts "
-    "change_prompt_every vqgan vqgan_config clip augment noise_fac device precision max_memory frames_every "
+    "change_prompt_every vqgan vqgan_config clip augment noise_fac resample device precision max_memory frames_every "
     "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps upscale compile"
 ).split()
 

@@ -1,0 +1,212 @@
+"""The command line's contract: bad input is refused before any model loads, and nothing finished is lost
+(signals are in test_generate and test_batch, where a real process is the point)."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import replace
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import tiny_args
+from vqclip.config import GenerationConfig
+
+
+@pytest.fixture(scope="module")
+def f16(fixtures):
+    return str(fixtures / "vqgan_tiny_f16.ckpt")
+
+
+def _png_header_only(path, width, height):
+    """A PNG that declares width x height pixels and holds almost nothing (an image bomb)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "nan"], "--lr must be a finite number"),
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--cut-pow", "nan"], "--cut-pow must be a finite number"),
+        (["--init-weight", "nan"], "--init-weight must be a finite number"),
+        (["--noise-fac", "inf"], "--noise-fac must be a finite number"),
+        (["--zoom", "nan"], "--zoom must be a finite number"),
+        (["--shift", "nan,0"], "--shift must be a finite number"),
+        (["--init-image", "BOMB"], "has more than 64 megapixels"),
+        (["--image-prompt", "BOMB:0.5"], "has more than 64 megapixels"),
+        (["--init-image", "TEXT"], "is not an image that can be read"),
+        (["--transformer", "cin_transformer", "--vqgan", "vqgan_gumbel_f8_8192"], "brings its own VQGAN"),
+    ],
+)
+def test_bad_values_are_exit_2_before_any_model_loads(tmp_path, vq, args, message):
+    _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    (tmp_path / "notes.png").write_text("not an image")
+    args = [a.replace("BOMB", str(tmp_path / "bomb.png")).replace("TEXT", str(tmp_path / "notes.png")) for a in args]
+    # --offline and no weights in the cache: anything that got as far as loading would be exit 3
+    r = vq("a cat", *args, "--offline", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr.decode()
+    assert message in r.stderr.decode() and "Traceback" not in r.stderr.decode()
+
+
+@pytest.mark.parametrize("prompt", ["|||", "^^^", ":1", ":0.5", " | ^ "])
+def test_a_prompt_of_only_separators_is_exit_2(tmp_path, vq, prompt):
+    r = vq(prompt, "--offline", cwd=tmp_path)
+    assert r.returncode == 2 and "has no text" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_a_prompt_that_is_not_utf8_is_exit_2_before_loading(tmp_path):
+    # bytes the shell could not decode reach Python as surrogates; they cannot go into the PNG
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONUTF8": "1"}
+    code = "import sys; from vqclip.cli import main; sys.argv[1:] = [b'caf\\xe9'.decode('utf-8', 'surrogateescape'), '--offline']; main()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr.decode()
+    assert b"not UTF-8 text" in r.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_failed_write_keeps_the_image_in_the_fallback_folder(f16, tiny_clip, tmp_path, vq, monkeypatch):
+    import vqclip.output
+    import vqclip.render
+
+    real = vqclip.output.save_png
+    monkeypatch.setattr(vqclip.render, "fallback_dir", lambda: tmp_path / "rescued")
+
+    def full_disk(image, path, *args, **kwargs):
+        if "out" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(vqclip.render, "save_png", full_disk)
+    (tmp_path / "out").mkdir()
+    r = vq("a cat", *tiny_args(f16, tiny_clip), "--steps", "2", "-o", tmp_path / "out" / "cat.png", "-q")
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert "No space left on device" in err and str(tmp_path / "rescued" / "cat.png") in err
+    with Image.open(tmp_path / "rescued" / "cat.png") as im:
+        assert json.loads(im.text["vqclip"])["steps_done"] == 2
+    assert r.stdout.decode().strip() == str(tmp_path / "rescued" / "cat.png")
+
+
+def test_frames_into_a_full_device_never_cost_the_png(f16, tiny_clip, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    args = [*tiny_args(f16, tiny_clip), "--steps", "3", "--frames", "-", "-o", str(tmp_path / "cat.png"), "-q"]
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "vqclip", "a cat", *args], stdout=full, stderr=subprocess.PIPE)
+    assert r.returncode == 1 and b"Writing the frames failed" in r.stderr, r.stderr.decode()
+    with Image.open(tmp_path / "cat.png") as im:
+        assert json.loads(im.text["vqclip"])["complete"] is True
+
+
+def test_output_files_follow_the_umask(f16, tiny_clip, tmp_path, vq):
+    old = os.umask(0o002)
+    try:
+        r = vq("a cat", *tiny_args(f16, tiny_clip), "--steps", "1", "-o", tmp_path / "cat.png", "-q")
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "cat.png").stat().st_mode & 0o777 == 0o664
+
+
+def test_temporary_files_of_a_killed_writer_are_removed(tmp_path):
+    from vqclip.output import save_png
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".vqclip-{dead.stdout.strip()}-abc123.png"
+    stale.write_bytes(b"half a png")
+    save_png(Image.new("RGB", (8, 8)), tmp_path / "new.png")
+    assert not stale.exists() and (tmp_path / "new.png").exists()
+
+
+def test_an_interrupted_image_replays_to_the_same_pixels(f16, tiny_clip, tmp_path, vq):
+    from vqclip.errors import Interrupted
+    from vqclip.job import prepare
+    from vqclip.loading import load_models
+    from vqclip.output import OutputOptions
+    from vqclip.render import render
+
+    cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=50, cutn=2, seed=9)
+    models = load_models(cfg)
+
+    def stop_at_3(event):
+        if event.done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as err:
+        render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"), progress=stop_at_3)
+    partial = err.value.saved
+    assert partial == tmp_path / "cat.partial.png" and err.value.exit_code == 130
+    with Image.open(partial) as im:
+        assert "Steps: 3 of 50 (interrupted)" in im.text["parameters"]
+        pixels = im.convert("RGB").tobytes()
+    r = vq("replay", partial, "-o", tmp_path / "again.png", "-q")
+    assert r.returncode == 0, r.stderr.decode()
+    with Image.open(tmp_path / "again.png") as im:
+        assert im.convert("RGB").tobytes() == pixels
+
+
+def test_replay_names_a_changed_or_missing_input(f16, tiny_clip, tmp_path, vq):
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    r = vq(
+        "a cat",
+        *tiny_args(f16, tiny_clip),
+        "--steps",
+        "1",
+        "--init-image",
+        tmp_path / "red.png",
+        "-o",
+        tmp_path / "c.png",
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    Image.new("RGB", (40, 40), (20, 30, 200)).save(tmp_path / "red.png")
+    changed = vq("replay", tmp_path / "c.png", "-q")
+    assert changed.returncode == 2 and "has changed since" in changed.stderr.decode()
+    (tmp_path / "red.png").unlink()
+    missing = vq("replay", tmp_path / "c.png", "-q")
+    assert missing.returncode == 2 and "no longer exists" in missing.stderr.decode()
+
+
+def test_a_record_that_is_not_json_is_one_sentence(tmp_path, vq):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("vqclip", "{not json")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png", pnginfo=info)
+    r = vq("replay", tmp_path / "x.png")
+    assert r.returncode == 2 and "not a valid record" in r.stderr.decode()
+
+
+def test_bf16_runs_keep_fp32_pixels_and_record_what_ran(f16, tiny_clip):
+    import vqclip
+    from vqclip.images import to_pil
+    from vqclip.metadata import record
+    from vqclip.optimize import decode_image
+
+    cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=2, cutn=2, seed=1)
+    result = vqclip.generate(replace(cfg, precision="bf16"))
+    vqgan = vqclip.load_vqgan(f16)
+    vqgan.use_channels_last()  # the layout a run decodes in (a layout, not a precision)
+    fp32 = to_pil(decode_image(vqgan, result.latent))
+    assert result.image.tobytes() == fp32.tobytes()  # the final PNG is the fp32 decode of the latent
+    meta = record(result)
+    assert meta["precision"] == "bf16" and meta["device"] == "cpu"
+
+
+def test_auto_precision_per_gpu_generation():
+    from vqclip.device import auto_cuda_dtype
+
+    assert auto_cuda_dtype((9, 0)) is torch.bfloat16 and auto_cuda_dtype((8, 0)) is torch.bfloat16
+    for capability in [(6, 0), (6, 1), (7, 0), (7, 5)]:  # P100, GTX 10x0, V100, T4
+        assert auto_cuda_dtype(capability) is torch.float16
+    assert auto_cuda_dtype((5, 2)) is None
