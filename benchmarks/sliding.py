@@ -3,7 +3,7 @@
 A random GPT (4 layers, 256 wide, 8 heads, vocab 16384, block 256: the cost of dense layers does not
 depend on the weight values), greedy decoding, one grid per size. Prints one JSON line per size.
 
-    .venv/bin/python benchmarks/sliding.py [--sizes 32 64] [--dtype fp32]
+    .venv/bin/python benchmarks/sliding.py [--sizes 32 64]
 """
 
 import argparse

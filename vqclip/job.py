@@ -73,7 +73,9 @@ def prepare(cfg: GenerationConfig, models, plan: Plan | None = None, stop_after:
             plan = base_plan  # no CLIP step runs at the full size
         else:
             plan = make_plan(models, rounded, cfg.cutn, max_memory=cfg.max_memory)
-    steps = f"{cfg.steps} steps" + (f" at {base.size[0]}x{base.size[1]}, then the transformer" if base else "")
+    steps = f"{cfg.steps} step{'s' if cfg.steps != 1 else ''}" + (
+        f" at {base.size[0]}x{base.size[1]}, then the transformer" if base else ""
+    )
     notes.append(f"{rounded[0]}x{rounded[1]}, seed {cfg.seed}, {steps} on {models.device.type} ({models.precision}).")
     for p in (base_plan, plan) if base else (plan,):
         if p.checkpointing or p.clip_chunk < cfg.cutn:

@@ -279,4 +279,6 @@ def _sha256(name: str, kind: str) -> str | None:
     if looks_like_path(name):
         return sha256_file(Path(name).expanduser())
     local = fetch_model(name, kind=kind, offline=True)  # already fetched: this only finds the files
+    if local.spec.path:  # a user entry pointing at a local file: no download stamp
+        return sha256_file(local.checkpoint)
     return (read_stamp(local.checkpoint) or {}).get("sha256")

@@ -79,11 +79,16 @@ def load(cfg, offline: bool, reporter: Reporter):
 
 @cli.command()
 @click.argument("prompt", required=False, default="")
+@click.option(
+    "-p", "--prompts", "prompt_option", metavar="PROMPT", help="The prompt, as the reference scripts take it."
+)
 @generation_options
 @output_options
-def generate(prompt, output, overwrite, save_every, frames, video, offline, quiet, progress, **params):
+def generate(prompt, prompt_option, output, overwrite, save_every, frames, video, offline, quiet, progress, **params):
     """Generate an image from PROMPT ("text:weight:stop", "|" several, "^" story phases)."""
-    cfg = build_config(prompt, params)
+    if prompt and prompt_option:
+        raise UsageError("Give the prompt once: as an argument or with -p, not both.")
+    cfg = build_config(prompt or prompt_option or "", params)
     run_command(cfg, output, overwrite, save_every, frames, video, offline, "none" if quiet else progress)
 
 
@@ -93,7 +98,13 @@ def generate(prompt, output, overwrite, save_every, frames, video, offline, quie
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file instead of adding a suffix.")
 @click.option("--offline", is_flag=True, help="Never use the network.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or messages on stderr.")
-@click.option("--progress", type=click.Choice(["bar", "json", "none"]), default="bar", show_default=True)
+@click.option(
+    "--progress",
+    type=click.Choice(["bar", "json", "none"]),
+    default="bar",
+    show_default=True,
+    help="Progress on stderr: a bar, or one JSON object per step.",
+)
 def replay(image, output, overwrite, offline, quiet, progress):
     """Regenerate an image from the settings stored in a PNG that vqclip wrote (the same pixels on the same
     device and precision). An interrupted image replays the steps it holds; an upscaled one is upscaled."""
