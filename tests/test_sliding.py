@@ -92,15 +92,13 @@ def test_top_k_and_top_p_filtering():
     assert_close(probs, expected / expected.sum())
 
 
-def _canvas(fixtures, tiny_clip, tmp_path, anchor):
+def _canvas(fixtures, tiny_clip, tmp_path, anchor, vq):
     import json
 
     from PIL import Image
 
-    from tests.conftest import run_cli
-
     out = tmp_path / f"canvas{anchor}.png"
-    r = run_cli(
+    r = vq(
         "a goldfish",
         "--transformer",
         fixtures / "transformer_tiny_cin.ckpt",
@@ -128,12 +126,22 @@ def _canvas(fixtures, tiny_clip, tmp_path, anchor):
     assert r.returncode == 0, r.stderr.decode()
     stages = {json.loads(x).get("stage") for x in r.stderr.decode().splitlines() if x.startswith("{")}
     assert stages == {"base", "transformer", "refine"}
+    assert record_of(out)["models"]["vqgan"]["name"].endswith("transformer_tiny_cin.ckpt (first stage)")
     with Image.open(out) as im:
         return im.size, json.loads(im.text["vqclip"])
 
 
-def test_canvas_end_to_end_and_the_anchor(fixtures, tiny_clip, tmp_path):
-    size, record = _canvas(fixtures, tiny_clip, tmp_path, "100")
+def record_of(path):
+    import json
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return json.loads(im.text["vqclip"])
+
+
+def test_canvas_end_to_end_and_the_anchor(fixtures, tiny_clip, tmp_path, vq):
+    size, record = _canvas(fixtures, tiny_clip, tmp_path, "100", vq)
     assert size == (320, 256)
     canvas = record["canvas"]
     assert canvas["base_size"] == [160, 128]  # a quarter of the area, same aspect
@@ -141,5 +149,5 @@ def test_canvas_end_to_end_and_the_anchor(fixtures, tiny_clip, tmp_path):
     assert canvas["gpt_calls"] < 20 * 16  # the wavefront batches positions
     assert record["config"]["transformer"].endswith("transformer_tiny_cin.ckpt")
     assert canvas["kept_fraction"] > 0.9
-    _, free = _canvas(fixtures, tiny_clip, tmp_path, "0")
+    _, free = _canvas(fixtures, tiny_clip, tmp_path, "0", vq)
     assert free["canvas"]["kept_fraction"] < 0.5
