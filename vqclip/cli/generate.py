@@ -87,6 +87,10 @@ def load(cfg, offline: bool, reporter: Reporter):
 def generate(prompt, prompt_option, output, overwrite, save_every, frames, video, offline, quiet, progress, **params):
     """Generate an image from PROMPT ("text:weight:stop", "|" several, "^" story phases)."""
     if prompt and prompt_option:
+        if prompt.isdigit() and params["size"]:  # `-p TEXT -s 512 512`, as the reference scripts take a size
+            raise UsageError(
+                f"--size takes one value, WIDTHxHEIGHT (e.g. -s {params['size'][0]}x{prompt}), not two numbers."
+            )
         raise UsageError("Give the prompt once: as an argument or with -p, not both.")
     cfg = build_config(prompt or prompt_option or "", params)
     run_command(cfg, output, overwrite, save_every, frames, video, offline, "none" if quiet else progress)
