@@ -53,6 +53,10 @@ class OfflineError(WeightsError):
     """A file is needed but the network is off (--offline, VQCLIP_OFFLINE, HF_HUB_OFFLINE)."""
 
 
+class CacheError(WeightsError):
+    """The cache folder cannot hold the file: not writable, not a folder, or its disk is full."""
+
+
 class CheckpointError(WeightsError):
     """A checkpoint that cannot be read safely: corrupt, truncated, or asking to run code."""
 
