@@ -15,6 +15,7 @@ chosen by the first part of the URL path:
 /moved/NAME         302 to /html/NAME (a login or "file gone" page after a redirect)
 /redirect/NAME      302 to /ok/NAME
 /404/NAME, /500/NAME
+/any/other/path     the file root/any/other/path, as /ok/ serves it (a Hub-like layout)
 """
 
 import http.server
@@ -23,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+MODES = {"ok", "cut", "norange", "nolength", "overstate", "slow", "gate", "stall", "bad"}
+MODES |= {"html", "disguised", "moved", "redirect", "404", "500"}
 DEAD_LINK_PAGE = b"<!DOCTYPE html>\n<html><head><title>Error</title></head><body>Link does not exist.</body></html>\n"
 STALL_SECONDS = 1.0  # how long /stall/ keeps the connection silent before closing it (the client gives up first)
 
@@ -51,6 +54,8 @@ class FileServer:
                 server.requests.append((self.path, self.headers.get("Range")))
                 server.headers.append(dict(self.headers))
                 mode, _, name = self.path.lstrip("/").partition("/")
+                if mode not in MODES:
+                    mode, name = "ok", self.path.lstrip("/")
                 if mode in ("404", "500"):
                     return self._empty(int(mode))
                 if mode in ("moved", "redirect"):

@@ -14,7 +14,10 @@ file is read with vqclip's safe reader (`vqclip.checkpoint.read_checkpoint`).
 """
 
 import json
+import logging
 import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,23 +164,30 @@ def fetch_clip_weights(source: ClipSource, offline: bool | None = None, progress
     )
 
 
+def _source(spec) -> ClipSource:
+    return ClipSource(spec.name, spec.clip_arch, tag=spec.clip_tag)
+
+
+def clip_files(spec) -> list:
+    """The files of a CLIP registry entry in vqclip's cache (for `vqclip models verify`)."""
+    return hub_targets(_source(spec))
+
+
 def clip_status(spec) -> tuple[bool, bool]:
     """(cached, verified) of a CLIP registry entry, without the network."""
     from vqclip.download import is_verified
 
-    source = ClipSource(spec.name, spec.clip_arch, tag=spec.clip_tag)
-    if hf_cached_weights(source) is not None:
+    if hf_cached_weights(_source(spec)) is not None:
         return True, True
-    files = hub_targets(source)
+    files = clip_files(spec)
     return any(t.path.is_file() for t in files), any(is_verified(t.path) for t in files)
 
 
 def clip_path(spec) -> Path:
     """Where a CLIP entry's weights are, or where `vqclip models download` will put them."""
-    source = ClipSource(spec.name, spec.clip_arch, tag=spec.clip_tag)
-    files = hub_targets(source)
+    files = clip_files(spec)
     present = [t.path for t in files if t.path.is_file()]
-    return hf_cached_weights(source) or (present or [t.path for t in files])[0]
+    return hf_cached_weights(_source(spec)) or (present or [t.path for t in files])[0]
 
 
 def download_clip(name: str, progress: ProgressFn = ignore) -> Path:
@@ -209,6 +219,34 @@ def _state_dict(path: Path) -> dict:
     return sd
 
 
+class _Held(logging.Filter):
+    """Keeps the records logged through the root logger instead of letting them through."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def filter(self, record) -> bool:
+        self.records.append(record)
+        return False
+
+
+@contextmanager
+def _root_logging_held() -> Iterator[list]:
+    """open_clip logs through the root logger (`logging.warning(...)`, e.g. "No pretrained weights loaded"
+    while we load them ourselves): unconfigured, that prints "WARNING:root:" lines and installs a handler
+    for the rest of the process. Hold those records for the length of the call."""
+    root = logging.getLogger()
+    held, guard = _Held(), logging.NullHandler()  # a handler, so logging.warning() skips basicConfig()
+    root.addFilter(held)
+    root.addHandler(guard)
+    try:
+        yield held.records
+    finally:
+        root.removeFilter(held)
+        root.removeHandler(guard)
+
+
 def load_clip(name: str, device="cpu", offline: bool | None = None, progress: ProgressFn = ignore):
     """Build an open_clip model with its weights, frozen, in eval mode: a `vqclip.models.clip.ClipModel`."""
     import open_clip
@@ -225,9 +263,11 @@ def load_clip(name: str, device="cpu", offline: bool | None = None, progress: Pr
     weights = fetch_clip_weights(source, offline=offline, progress=progress)
     # the tag's normalisation (e.g. 0.5/0.5 for some LAION models); local files get open_clip's default
     norm = {k: v for k, v in _pretrained_cfg(source).items() if k in ("mean", "std")} if source.tag else {}
-    model = open_clip.create_model(source.arch, pretrained=None, device="cpu", force_preprocess_cfg=norm)
+    with _root_logging_held():
+        model = open_clip.create_model(source.arch, pretrained=None, device="cpu", force_preprocess_cfg=norm)
+        tokenizer = open_clip.get_tokenizer(source.arch)
     load_strict(
         model, _state_dict(weights), str(weights), hint="Check that the architecture (or CONFIG.json) fits them."
     )
     model.eval().requires_grad_(False)
-    return wrap_clip(name, model, open_clip.get_tokenizer(source.arch), _weights_sha256(weights)).to(device)
+    return wrap_clip(name, model, tokenizer, _weights_sha256(weights)).to(device)

@@ -371,8 +371,11 @@ def _install(target: Target, digest: str) -> None:
 def _all_failed(target: Target, failures: list[_Failure]):
     tried = "; ".join(f"{f.url}: {f.reason}" for f in failures) or "no URL is known for this file"
     kinds = {f.kind for f in failures}
-    cls = ChecksumError if kinds == {"mismatch"} else DownloadError
-    return cls(f"Could not download {target.name}; tried: {tried}.", _hint(target, kinds))
+    if kinds == {"mismatch"}:
+        return ChecksumError(f"Could not download {target.name}; tried: {tried}.", _hint(target, kinds))
+    error = DownloadError(f"Could not download {target.name}; tried: {tried}.", _hint(target, kinds))
+    error.causes = frozenset(kinds)
+    return error
 
 
 def _hint(target: Target, kinds: set[str]) -> str:

@@ -42,7 +42,10 @@ class WeightsError(VqclipError):
 
 
 class DownloadError(WeightsError):
-    """Every URL of a file failed."""
+    """Every URL of a file failed. `causes`: the kinds of failure met ("network", "missing", "web page",
+    "mismatch"), so a caller can tell a file that is nowhere from a network that is down."""
+
+    causes: frozenset = frozenset()
 
 
 class ChecksumError(WeightsError):

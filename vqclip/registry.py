@@ -80,7 +80,7 @@ def _type_name(value) -> str:
 
 def _check_entry(name: str, entry, source: Path) -> None:
     """Every key known and of the right type, so a typo or `urls = 5` is named instead of failing later."""
-    where = f"[models.{name}] in {source}"
+    where = f"Model {name!r} in {source}"
     if not isinstance(entry, dict):
         raise UsageError(f"{where} must be a table of settings, not {_type_name(entry)}.")
     for key, value in entry.items():
