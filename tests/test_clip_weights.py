@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.http_server import FileServer
-from vqclip import download
+from vqclip import cache, download
 from vqclip.clip_loading import download_clip, load_clip
 from vqclip.errors import DownloadError, OfflineError
 
@@ -65,7 +65,7 @@ def test_hub_weights_download_into_the_cache_and_load(hub_server, isolated, tiny
     assert logging.getLogger().handlers == handlers  # and its logging.warning() configured nothing
     assert torch.equal(clip.model.state_dict()["text_projection"], tiny_weights["text_projection"])
     assert clip.mean.flatten().tolist() == [0.5, 0.5, 0.5]  # the tag's normalisation
-    assert clip.sha256 == download.sha256_file(path)
+    assert clip.sha256 == cache.sha256_file(path)
 
 
 def test_a_repo_without_safetensors_falls_back_to_the_pickle(hub_server, tiny_weights):

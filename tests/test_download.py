@@ -13,8 +13,9 @@ import time
 import pytest
 
 from tests.http_server import FileServer
-from vqclip import download
-from vqclip.download import Target, check_file, fetch, is_verified
+from vqclip import cache, download
+from vqclip.cache import Target, check_file, is_verified
+from vqclip.download import fetch
 from vqclip.errors import CacheError, ChecksumError, DownloadError, OfflineError
 from vqclip.events import Progress
 
@@ -187,7 +188,7 @@ def test_missing_content_length_and_unknown_hash_records_one(tmp_path, served):
     target = Target(tmp_path / "c" / "model.ckpt", (f"{served.url}/nolength/model.ckpt",), content="checkpoint")
     path = fetch(target)
     assert path.read_bytes() == served.data
-    assert download.read_stamp(path)["sha256"] == served.sha  # recorded at the first download
+    assert cache.read_stamp(path)["sha256"] == served.sha  # recorded at the first download
     path.write_bytes(b"changed behind our back")
     assert check_file(target) is not None
 
@@ -224,7 +225,7 @@ def test_changed_file_on_the_server_starts_over(tmp_path, served):
     target.path.parent.mkdir(parents=True)
     _part(target).write_bytes(served.data[:1000])
     record = {"url": f"{served.url}/ok/model.ckpt", "validator": '"v0"', "total": len(served.data)}
-    download._write_json(target.path.with_name("model.ckpt.part.json"), record)
+    cache.write_json(target.path.with_name("model.ckpt.part.json"), record)
     fetch(target)
     assert served.headers[0]["If-Range"] == '"v0"'  # the server sent the whole file instead of the range
     assert target.path.read_bytes() == served.data
@@ -263,7 +264,7 @@ def test_hand_placed_file_is_used_offline_checked_once(tmp_path, served, monkeyp
     target.path.write_bytes(served.data)  # copied exactly where the error message asked for it
     assert fetch(target, offline=True) == target.path
     assert is_verified(target.path, served.sha)  # stamped: the next run trusts it without hashing
-    monkeypatch.setattr(download, "sha256_file", lambda path: pytest.fail("hashed again"))
+    monkeypatch.setattr(cache, "sha256_file", lambda path: pytest.fail("hashed again"))
     assert fetch(target, offline=True) == target.path
 
 
@@ -284,7 +285,7 @@ def test_read_only_cache_with_correct_unstamped_file_is_used(tmp_path, served, m
     def read_only(path, digest):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(download, "write_stamp", read_only)
+    monkeypatch.setattr(cache, "write_stamp", read_only)
     assert fetch(target, offline=True) == target.path
     assert fetch(target) == target.path and served.requests == []
 
@@ -351,7 +352,8 @@ def test_two_processes_one_transfer_and_no_lock_left(tmp_path, served):
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from vqclip.download import Target, fetch
+        from vqclip.cache import Target
+        from vqclip.download import fetch
         t = Target(Path({str(tmp_path / "shared" / "model.ckpt")!r}), ({served.url + "/gate/model.ckpt"!r},),
                    size={len(served.data)}, sha256={served.sha!r})
         path = fetch(t, progress=lambda e: "note" in e.extra and print(e.extra["note"], flush=True))

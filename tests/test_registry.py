@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.http_server import FileServer
-from vqclip import download, load_vqgan
+from vqclip import cache, download, load_vqgan
 from vqclip.cli import main
 from vqclip.errors import UsageError
 from vqclip.pretrained import PRETRAINED
@@ -163,7 +163,7 @@ def test_verify_rechecks_what_an_unpublished_file_holds(user_model, isolated, ca
     path = isolated / "cache" / "tiny_f16" / "model.ckpt"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"<!DOCTYPE html><html>Link does not exist.</html>")
-    download.write_stamp(path, download.sha256_file(path))
+    cache.write_stamp(path, cache.sha256_file(path))
     code, out, _ = vqclip(capsys, "models", "verify", "tiny_f16")
     assert code == 1 and f"corrupt  {path} (it is not a weights file" in out and "web page" in out
     assert not path.exists()

@@ -105,7 +105,7 @@ def _short(err: Exception) -> str:
 
 def damaged_hint(path: Path) -> str:
     """What to do about a damaged weights file: re-fetch it if vqclip downloaded it, else replace it."""
-    from vqclip.download import in_cache
+    from vqclip.cache import in_cache
 
     if in_cache(path):
         return "Run `vqclip models verify` (or delete the file) to fetch a fresh copy."

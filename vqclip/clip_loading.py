@@ -95,11 +95,11 @@ def _hub_files(source: ClipSource) -> tuple[str, tuple[str, ...]]:
 
 
 def hub_targets(source: ClipSource) -> list:
-    """The files a tag's weights may be downloaded as (vqclip.download.Target), in the order to try them:
+    """The files a tag's weights may be downloaded as (vqclip.cache.Target), in the order to try them:
     open_clip's Hub repo (safetensors, else the pickle), or the tag's own URL."""
     import huggingface_hub.constants as hf
 
-    from vqclip.download import Target, cache_dir
+    from vqclip.cache import Target, cache_dir
 
     cfg = _pretrained_cfg(source)
     repo, names = _hub_files(source)
@@ -139,7 +139,8 @@ def hf_cached_weights(source: ClipSource) -> Path | None:
 
 def fetch_clip_weights(source: ClipSource, offline: bool | None = None, progress: ProgressFn = ignore) -> Path:
     """The weights file of a --clip name: local, in a cache, or downloaded into vqclip's cache now."""
-    from vqclip.download import cache_dir, fetch, offline_reason
+    from vqclip.cache import cache_dir
+    from vqclip.download import fetch, offline_reason
 
     if source.weights:
         return Path(source.weights)
@@ -175,7 +176,7 @@ def clip_files(spec) -> list:
 
 def clip_status(spec) -> tuple[bool, bool]:
     """(cached, verified) of a CLIP registry entry, without the network."""
-    from vqclip.download import is_verified
+    from vqclip.cache import is_verified
 
     if hf_cached_weights(_source(spec)) is not None:
         return True, True
@@ -200,7 +201,7 @@ def download_clip(name: str, progress: ProgressFn = ignore) -> Path:
 
 def _weights_sha256(path: Path) -> str:
     """The Hugging Face cache names its blobs by sha256; vqclip's cache records it; others are hashed."""
-    from vqclip.download import read_stamp, sha256_file
+    from vqclip.cache import read_stamp, sha256_file
 
     blob = path.resolve().name
     if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):

@@ -2,8 +2,7 @@
 
 A file is streamed to `<file>.part` while its sha256 is computed, checked against the expected size and
 sha256 (or, where none is published, for being what it claims: `vqclip.filetypes`), and only then renamed
-into place; `<file>.sha256` then records the digest (with the size and mtime it was made for), so later runs
-trust the file without re-hashing it and `vqclip models verify` can re-check it.
+into place and stamped (`vqclip.cache`).
 
 Real hosts misbehave, and each way is handled here:
 - `<file>.part.json` records which URL, and which version of it (ETag or Last-Modified), the partial bytes
@@ -14,57 +13,49 @@ Real hosts misbehave, and each way is handled here:
 - A Content-Length larger than the body keeps every byte received and resumes from there.
 - A file found at the final path (copied there by hand, or in a read-only shared cache) is checked once and
   used, online or offline.
-- `<file>.lock` makes a second process wait for the first one's transfer; it is removed on release.
+- `<file>.lock` makes a second process wait for the first one's transfer (`vqclip.cache.download_lock`).
 
 Nothing here prints: progress goes to a `progress` callable as
 `vqclip.events.Progress(job="download", unit="byte", stage=<file label>, done, total)`, and a note for the
 user (a retry, the next mirror, waiting for another process) rides in its `extra["note"]`.
 """
 
-import errno
 import hashlib
 import itertools
-import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from vqclip.errors import CacheError, ChecksumError, DownloadError, OfflineError
+from vqclip.cache import (
+    Target,
+    cache_errors,
+    check_file,
+    download_lock,
+    hasher,
+    is_verified,
+    read_json,
+    read_stamp,
+    sha256_file,
+    write_json,
+    write_stamp,
+)
+from vqclip.errors import ChecksumError, DownloadError, OfflineError
 from vqclip.events import Progress, ProgressFn, ignore
 from vqclip.filetypes import WEB_PAGE_TYPES, content_problem, looks_like_web_page
 
-try:
-    import fcntl
-except ImportError:  # Windows: filelock's lock, which removes its file on release there
-    fcntl = None
+# read_stamp and sha256_file live in vqclip.cache; they stay importable from here until the callers
+# that predate it (vqclip.loading, vqclip.job, the CLI) import them from there.
+__all__ = ["Target", "fetch", "offline_mode", "offline_reason", "read_stamp", "sha256_file"]
 
-CHUNK = 1 << 20  # bytes per read when hashing files on disk
 NET_CHUNK = 1 << 16  # bytes per network read
 RETRIES = 3  # attempts per URL for transient failures (connection errors, timeouts, 5xx, short bodies)
 BACKOFF = 1.0  # seconds before the second attempt; doubles after each further failure
 TIMEOUT = (10, 60)  # connect, read (seconds)
 _MISSING = {400, 401, 403, 404, 410, 451}  # statuses that retrying the same URL will not change
 _TRUE = ("1", "true", "yes", "on")
-
-
-def cache_dir() -> Path:
-    """`$VQCLIP_CACHE`, else the platform cache dir (`$XDG_CACHE_HOME/vqclip` on Linux)."""
-    env = os.environ.get("VQCLIP_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("vqclip", appauthor=False))
-
-
-def in_cache(path: Path) -> bool:
-    """True for files under the cache folder (which `vqclip models verify` can re-check and re-fetch)."""
-    return Path(path).resolve().is_relative_to(cache_dir().resolve())
 
 
 def offline_reason(offline: bool | None = None) -> str | None:
@@ -81,195 +72,6 @@ def offline_reason(offline: bool | None = None) -> str | None:
 def offline_mode(offline: bool | None = None) -> bool:
     """True when the network must not be used: --offline, VQCLIP_OFFLINE=1 or HF_HUB_OFFLINE=1."""
     return offline_reason(offline) is not None
-
-
-def _hasher(path: Path):
-    """A sha256 object fed with the file's bytes, read in chunks (never the whole file at once)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h
-
-
-def sha256_file(path: Path) -> str:
-    return _hasher(path).hexdigest()
-
-
-# ---- the stamp beside a verified file ----------------------------------------------------------
-
-
-def stamp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _write_json(path: Path, record: dict) -> None:
-    """Atomically: a unique temporary file beside `path`, then a rename (no reader sees half a record)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def write_stamp(path: Path, digest: str) -> None:
-    st = path.stat()
-    _write_json(stamp_path(path), {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-
-
-def read_stamp(path: Path) -> dict | None:
-    return _read_json(stamp_path(path))
-
-
-def is_verified(path: Path, sha256: str | None = None) -> bool:
-    """A cached file is trusted when its stamp matches its size and mtime (and the expected sha256)."""
-    stamp = read_stamp(path)
-    if not stamp or not path.is_file():
-        return False
-    st = path.stat()
-    if stamp.get("size") != st.st_size or stamp.get("mtime_ns") != st.st_mtime_ns:
-        return False
-    return sha256 is None or stamp.get("sha256") == sha256
-
-
-# ---- what to fetch, and checking a file in place -------------------------------------------------
-
-
-@dataclass
-class Target:
-    """What to download and how to check it."""
-
-    path: Path
-    urls: tuple[str, ...]
-    size: int | None = None
-    sha256: str | None = None
-    label: str = ""  # for messages: "vqgan_imagenet_f16_16384 (model.ckpt)"
-    fetch_command: str = ""  # for messages: the command that downloads it
-    content: str | None = None  # what the file must be when no sha256 is known (vqclip.filetypes.CONTENTS)
-
-    @property
-    def name(self) -> str:
-        return self.label or self.path.name
-
-
-def check_file(target: Target) -> str | None:
-    """Re-check the file at `target.path`: None when it is good (it is then stamped), else what is wrong.
-
-    Size and sha256 where published; otherwise the sha256 recorded at its first download, and what it
-    holds (a web page is not a checkpoint). Used for files found in place and by `vqclip models verify`.
-    """
-    path = target.path
-    if not path.is_file():
-        return "missing"
-    actual_size = path.stat().st_size
-    if target.size is not None and actual_size != target.size:
-        return f"size {actual_size} bytes, expected {target.size}"
-    expected = target.sha256 or (read_stamp(path) or {}).get("sha256")
-    digest = sha256_file(path)
-    if expected and digest != expected:
-        return f"sha256 {digest}, expected {expected}"
-    if target.sha256 is None and target.content:
-        problem = content_problem(path, target.content)
-        if problem:
-            return f"it is {problem}"
-    with suppress(OSError):  # a read-only cache: the file is good all the same, checked again next time
-        write_stamp(path, digest)
-    return None
-
-
-def remove_cached(target: Target) -> None:
-    """Delete a cached file and its stamp (a bad file is fetched again on next use)."""
-    with cache_errors(target.path.parent):
-        target.path.unlink(missing_ok=True)
-        stamp_path(target.path).unlink(missing_ok=True)
-
-
-# ---- cache folder errors and the lock ---------------------------------------------------------------
-
-
-@contextmanager
-def cache_errors(folder: Path) -> Iterator[None]:
-    """Turn a failing write into the cache (read-only, not a folder, a full disk) into one CacheError."""
-    try:
-        yield
-    except requests.RequestException:  # also an OSError, but the network's
-        raise
-    except OSError as err:
-        raise _cache_error(folder, err) from err
-
-
-def _cache_error(folder: Path, err: OSError) -> CacheError:
-    hint = "Set VQCLIP_CACHE to a folder you can write to."
-    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return CacheError(
-            f"The disk holding the cache folder {folder} is full.",
-            f"Free some space (the download resumes where it stopped), or {hint[0].lower()}{hint[1:]}",
-        )
-    if isinstance(err, (NotADirectoryError, FileExistsError)):
-        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), err.filename)
-        return CacheError(f"The cache folder {folder} cannot be made: {blocker} is a file, not a folder.", hint)
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CacheError(f"The cache folder {folder} is not writable ({err.strerror.lower()}).", hint)
-    return CacheError(f"Cannot write to the cache folder {folder} ({err.strerror or err}).", hint)
-
-
-@contextmanager
-def _download_lock(path: Path, on_wait) -> Iterator[None]:
-    """Hold `<file>.lock` (waiting for another process's transfer, after calling `on_wait`); removed on release.
-
-    The file is unlinked while still locked, so a waiter that then gets the lock holds an unlinked file;
-    it notices and locks the path afresh. Two processes therefore never hold the same path at once.
-    """
-    lock_path = path.with_name(path.name + ".lock")
-    if fcntl is None:
-        from filelock import FileLock
-
-        with FileLock(str(lock_path)):
-            yield
-        return
-    fd = _lock(lock_path, on_wait)
-    try:
-        yield
-    finally:
-        with suppress(FileNotFoundError):
-            lock_path.unlink()
-        os.close(fd)
-
-
-def _lock(lock_path: Path, on_wait) -> int:
-    waiting = False
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not waiting:
-                    on_wait()
-                    waiting = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            if _still_named(fd, lock_path):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # its holder removed it on release: lock the file now at the path
-
-
-def _still_named(fd: int, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
 
 
 # ---- fetch ---------------------------------------------------------------------------------------
@@ -295,7 +97,7 @@ def fetch(target: Target, offline: bool | None = None, progress: ProgressFn = ig
         raise _offline_error(target, reason, problem)
     with cache_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _download_lock(path, lambda: progress(_note(target, "waiting for another vqclip process to fetch it"))):
+        with download_lock(path, lambda: progress(_note(target, "waiting for another vqclip process to fetch it"))):
             if is_verified(path, target.sha256):  # the other process finished it
                 return path
             return _fetch_locked(target, progress, session or requests.Session())
@@ -344,21 +146,19 @@ def _try_url(url: str, target: Target, progress: ProgressFn, session) -> _Failur
     delay = BACKOFF
     for attempt in range(1, RETRIES + 1):
         try:
-            digest = _transfer(url, target, progress, session)
-        except _Failure as failure:
-            failure.url = url
-            if failure.kind != "network":
-                return failure
-            if attempt == RETRIES:
-                failure.reason += f" ({RETRIES} tries)"
-                return failure
+            _install(target, _transfer(url, target, progress, session))
+            return None
+        except _Failure as err:
+            failure = err
+        failure.url = url
+        if failure.kind != "network":
+            return failure
+        if attempt < RETRIES:
             progress(_note(target, f"{failure.reason}; retrying in {delay:.0f} s"))
             time.sleep(delay)
             delay *= 2
-            continue
-        _install(target, digest)
-        return None
-    raise AssertionError("unreachable: the last attempt returns")
+    failure.reason += f" ({RETRIES} tries)"
+    return failure
 
 
 def _install(target: Target, digest: str) -> None:
@@ -368,12 +168,11 @@ def _install(target: Target, digest: str) -> None:
     write_stamp(target.path, digest)
 
 
-def _all_failed(target: Target, failures: list[_Failure]):
+def _all_failed(target: Target, failures: list[_Failure]) -> DownloadError:
     tried = "; ".join(f"{f.url}: {f.reason}" for f in failures) or "no URL is known for this file"
     kinds = {f.kind for f in failures}
-    if kinds == {"mismatch"}:
-        return ChecksumError(f"Could not download {target.name}; tried: {tried}.", _hint(target, kinds))
-    error = DownloadError(f"Could not download {target.name}; tried: {tried}.", _hint(target, kinds))
+    cls = ChecksumError if kinds == {"mismatch"} else DownloadError
+    error = cls(f"Could not download {target.name}; tried: {tried}.", _hint(target, kinds))
     error.causes = frozenset(kinds)
     return error
 
@@ -405,7 +204,7 @@ def _record_path(part: Path) -> Path:
 
 def _resumable(part: Path, url: str, target: Target) -> tuple[int, dict]:
     """(bytes to resume from, the part's record): resume only this URL's own earlier bytes."""
-    record = _read_json(_record_path(part)) or {}
+    record = read_json(_record_path(part)) or {}
     have = part.stat().st_size if part.is_file() else 0
     if not have or record.get("url") != url or (target.size is not None and have > target.size):
         return 0, {}
@@ -484,10 +283,10 @@ def _stream(resp, part: Path, target: Target, url: str, have: int, total: int | 
         first = next(chunks, b"")
         if not have and looks_like_web_page(first):
             raise _Failure(_web_page(resp, "(HTML)"), "web page")
-        h = _hasher(part) if have else hashlib.sha256()
+        h = hasher(part) if have else hashlib.sha256()
         expected = total or target.size
         with open(part, "ab" if have else "wb") as f:  # truncated before the record names the new URL
-            _write_json(_record_path(part), {"url": url, "validator": _validator(resp), "total": total})
+            write_json(_record_path(part), {"url": url, "validator": _validator(resp), "total": total})
             for chunk in itertools.chain([first], chunks):
                 f.write(chunk)
                 h.update(chunk)
@@ -508,7 +307,7 @@ def _finish(part: Path, target: Target, h=None) -> str:
             raise _Failure(f"connection closed after {size} of {target.size} bytes", "network")
         _discard(part)
         raise _Failure(f"wrong size: {size} bytes, expected {target.size}; the file was discarded", "mismatch")
-    digest = (h or _hasher(part)).hexdigest()
+    digest = (h or hasher(part)).hexdigest()
     if target.sha256 is not None and digest != target.sha256:
         _discard(part)
         raise _Failure(f"sha256 mismatch: got {digest}, expected {target.sha256}; the file was discarded", "mismatch")

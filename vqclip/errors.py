@@ -48,8 +48,8 @@ class DownloadError(WeightsError):
     causes: frozenset = frozenset()
 
 
-class ChecksumError(WeightsError):
-    """A downloaded or cached file does not have the expected size or sha256."""
+class ChecksumError(DownloadError):
+    """Every URL gave a file without the expected size, sha256 or content."""
 
 
 class OfflineError(WeightsError):

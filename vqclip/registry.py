@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqclip.download import Target, cache_dir, fetch, is_verified, read_stamp, sha256_file
+from vqclip.cache import Target, cache_dir, is_verified, read_stamp, sha256_file
+from vqclip.download import fetch
 from vqclip.errors import UsageError
 from vqclip.events import ProgressFn, ignore
 from vqclip.pretrained import PRETRAINED, FileSpec, WeightSpec

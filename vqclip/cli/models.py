@@ -29,7 +29,7 @@ def _from_hub(spec) -> bool:
 
 
 def _files(spec) -> list:
-    """The cache files of an entry (vqclip.download.Target), CLIP Hub files included."""
+    """The cache files of an entry (vqclip.cache.Target), CLIP Hub files included."""
     from vqclip.registry import targets
 
     if _from_hub(spec):
@@ -102,7 +102,7 @@ def models_download(names, quiet):
 @click.argument("names", nargs=-1)
 def models_verify(names):
     """Re-check cached files (sha256, and what they hold); remove bad ones (fetched again on next use)."""
-    from vqclip.download import cache_dir, check_file, remove_cached
+    from vqclip.cache import cache_dir, check_file, remove_cached
     from vqclip.registry import get_spec, list_specs
 
     specs = [get_spec(n) for n in names] if names else list_specs()
