@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqclip.errors import DownloadError, OfflineError, UsageError
+from vqclip.errors import DownloadError, OfflineError, UsageError, WeightsError
 from vqclip.events import ProgressFn, ignore
 
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
@@ -148,6 +148,8 @@ def fetch_clip_weights(source: ClipSource, offline: bool | None = None, progress
     if hit is not None:
         return hit
     targets = hub_targets(source)
+    if not targets:
+        raise WeightsError(f"open_clip names no download for CLIP {source.name}.", "Pass --clip CONFIG.json:WEIGHTS.")
     for target in targets:
         try:
             return fetch(target, offline=offline, progress=progress)
@@ -160,7 +162,7 @@ def fetch_clip_weights(source: ClipSource, offline: bool | None = None, progress
 
     raise OfflineError(
         f"CLIP {source.name} is not in the Hugging Face cache ({hf.HF_HUB_CACHE}) nor in vqclip's "
-        f"({cache_dir() / 'clip'}) and the network is off ({offline_reason(offline) or 'no URL'}).",
+        f"({cache_dir() / 'clip'}) and the network is off ({offline_reason(offline)}).",
         f"Run `vqclip models download {source.name}` while online, or pass local files as --clip CONFIG.json:WEIGHTS.",
     )
 

@@ -86,7 +86,10 @@ def _safetensors_header_fits(path: Path, head: bytes) -> bool:
             header = json.loads(f.read(length))
         except ValueError:
             return False
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    try:
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError):  # JSON, but not a safetensors header
+        return False
     return 8 + length + max(ends, default=0) == size
 
 
