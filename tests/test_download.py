@@ -252,7 +252,7 @@ def test_offline_never_opens_a_socket_and_says_why(tmp_path, served, monkeypatch
             assert "tiny (model.ckpt) is not in the cache" in err.value.message
             assert str(target.path) in err.value.message
             assert f"the network is off ({var}=1)" in err.value.message
-            assert "vqclip models download tiny" in err.value.hint
+            assert f"vqclip models download tiny` with {var} unset" in err.value.hint
             assert f"{served.url}/ok/model.ckpt" in err.value.hint
     assert served.requests == []
 

@@ -140,7 +140,7 @@ def hf_cached_weights(source: ClipSource) -> Path | None:
 def fetch_clip_weights(source: ClipSource, offline: bool | None = None, progress: ProgressFn = ignore) -> Path:
     """The weights file of a --clip name: local, in a cache, or downloaded into vqclip's cache now."""
     from vqclip.cache import cache_dir
-    from vqclip.download import fetch, offline_reason
+    from vqclip.download import fetch, offline_reason, online_again
 
     if source.weights:
         return Path(source.weights)
@@ -160,10 +160,12 @@ def fetch_clip_weights(source: ClipSource, offline: bool | None = None, progress
                 raise
     import huggingface_hub.constants as hf
 
+    reason = offline_reason(offline)
     raise OfflineError(
         f"CLIP {source.name} is not in the Hugging Face cache ({hf.HF_HUB_CACHE}) nor in vqclip's "
-        f"({cache_dir() / 'clip'}) and the network is off ({offline_reason(offline)}).",
-        f"Run `vqclip models download {source.name}` while online, or pass local files as --clip CONFIG.json:WEIGHTS.",
+        f"({cache_dir() / 'clip'}) and the network is off ({reason}).",
+        f"Run `vqclip models download {source.name}` {online_again(reason)}, or pass local files as "
+        "--clip CONFIG.json:WEIGHTS.",
     )
 
 

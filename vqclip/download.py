@@ -69,6 +69,11 @@ def offline_reason(offline: bool | None = None) -> str | None:
     return None
 
 
+def online_again(reason: str) -> str:
+    """How to turn the network back on, for a hint: "without --offline", "with HF_HUB_OFFLINE unset"."""
+    return "without --offline" if reason == "--offline" else f"with {reason.partition('=')[0]} unset"
+
+
 def offline_mode(offline: bool | None = None) -> bool:
     """True when the network must not be used: --offline, VQCLIP_OFFLINE=1 or HF_HUB_OFFLINE=1."""
     return offline_reason(offline) is not None
@@ -109,7 +114,7 @@ def _offline_error(target: Target, reason: str, problem: str | None) -> OfflineE
     state = f"in the cache is not usable ({problem})" if problem else "is not in the cache"
     return OfflineError(
         f"{target.name} {state} ({target.path}) and the network is off ({reason}).",
-        f"{how} while online (it comes from {where}), or copy the file to {target.path}.",
+        f"{how} {online_again(reason)} (it comes from {where}), or copy the file to {target.path}.",
     )
 
 

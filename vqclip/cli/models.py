@@ -87,15 +87,18 @@ def models_list(kind, as_json):
 @click.option("--quiet", "-q", is_flag=True)
 def models_download(names, quiet):
     """Download models into the cache (verified); prints each local path."""
+    from vqclip.cli.progress import Reporter
     from vqclip.clip_loading import download_clip
     from vqclip.registry import fetch_model, get_spec
 
     specs = [get_spec(n) for n in names]  # unknown names fail before any download
-    for spec in specs:
-        if _from_hub(spec):
-            click.echo(str(download_clip(spec.name)))
-        else:
-            click.echo(str(fetch_model(spec.name).checkpoint))
+    with Reporter("none" if quiet else "bar") as reporter:
+        for spec in specs:
+            if _from_hub(spec):
+                path = download_clip(spec.name, progress=reporter)
+            else:
+                path = fetch_model(spec.name, progress=reporter).checkpoint
+            reporter.output(str(path))
 
 
 @models.command("verify")
