@@ -121,11 +121,11 @@ def test_unreachable_hub_is_one_message_quickly(monkeypatch, capfd, caplog):
     assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
 
 
-def test_models_path_and_list_for_a_hub_clip(isolated, capsys):
-    from tests.test_registry import vqclip
-
-    code, out, _ = vqclip(capsys, "models", "path", "ViT-B-32/openai")
+def test_models_path_and_list_for_a_hub_clip(isolated, vq):
+    found = vq("models", "path", "ViT-B-32/openai")
     expected = isolated / "cache" / "clip" / "timm--vit_base_patch32_clip_224.openai" / "open_clip_model.safetensors"
-    assert (code, out.strip()) == (0, str(expected))
-    code, out, _ = vqclip(capsys, "models", "list", "--kind", "clip", "--json")
-    assert code == 0 and '"name": "ViT-B-32/openai"' in out and '"cached": false' in out
+    assert (found.returncode, found.stdout.decode().strip()) == (0, str(expected))
+    listed = vq("models", "list", "--kind", "clip", "--json")
+    assert (
+        listed.returncode == 0 and b'"name": "ViT-B-32/openai"' in listed.stdout and b'"cached": false' in listed.stdout
+    )

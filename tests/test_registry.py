@@ -7,21 +7,15 @@ import torch
 
 from tests.http_server import FileServer
 from vqclip import cache, download, load_vqgan
-from vqclip.cli import main
 from vqclip.errors import UsageError
 from vqclip.pretrained import PRETRAINED
 from vqclip.registry import get_spec, list_specs
 
 
-def vqclip(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in this process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+def _run(vq, *args) -> tuple[int, str, str]:
+    """`vqclip ARGS` in this process (the `vq` fixture): exit code, stdout and stderr as text."""
+    r = vq(*args)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
 
 
 @pytest.fixture
@@ -91,12 +85,12 @@ def test_user_toml_model_skips_dead_mirrors_and_loads(user_model, isolated, fixt
     assert len(user_model.gets("/ok/tiny.ckpt")) == 1 and user_model.gets("/ok/tiny.ckpt")[0][1] is None
 
 
-def test_web_page_is_never_cached_as_a_model_without_sha256(www, isolated, capsys):
+def test_web_page_is_never_cached_as_a_model_without_sha256(www, isolated, vq):
     _toml(
         isolated,
         f'[models.dead]\nurls = ["{www.url}/disguised/tiny.ckpt"]\nconfig_urls = ["{www.url}/ok/tiny.yaml"]\n',
     )
-    code, out, err = vqclip(capsys, "models", "download", "dead", "-q")
+    code, out, err = _run(vq, "models", "download", "dead", "-q")
     assert code == 3 and out == ""
     assert "Could not download dead (model.ckpt)" in err and "web page" in err
     assert "connection" not in err  # a dead link is not a network problem
@@ -113,7 +107,7 @@ def test_web_page_is_never_cached_as_a_model_without_sha256(www, isolated, capsy
         ('path = "/m.ckpt"\nsha256 = "abc"', "`sha256` must be 64 hexadecimal digits, not 'abc'."),
     ],
 )
-def test_user_toml_with_a_wrong_entry_names_entry_key_and_type(isolated, capsys, entry, message):
+def test_user_toml_with_a_wrong_entry_names_entry_key_and_type(isolated, vq, entry, message):
     toml = isolated / "config.toml"
     _toml(isolated, f"[models.bad]\n{entry}\n")
     with pytest.raises(UsageError) as err:
@@ -121,28 +115,27 @@ def test_user_toml_with_a_wrong_entry_names_entry_key_and_type(isolated, capsys,
     assert message.format(toml=toml) in err.value.message
     if "sha265" in entry:
         assert "Did you mean `sha256`?" in err.value.hint
-    code, _, stderr = vqclip(capsys, "models", "list")
+    code, _, stderr = _run(vq, "models", "list")
     assert code == 2 and "Traceback" not in stderr and message.format(toml=toml) in stderr.replace("\n", "")
 
 
-def test_models_commands(user_model, isolated, capsys):
-    code, out, _ = vqclip(capsys, "models", "list", "--json", "--kind", "vqgan")
+def test_models_commands(user_model, isolated, vq):
+    code, out, _ = _run(vq, "models", "list", "--json", "--kind", "vqgan")
     assert code == 0
     rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
     assert rows["tiny_f16"]["cached"] is False
     assert rows["vqgan_imagenet_f16_16384"]["size"] == 980_092_370
 
     path = str(isolated / "cache" / "tiny_f16" / "model.ckpt")
-    assert vqclip(capsys, "models", "path", "tiny_f16")[1].strip() == path
-    code, out, err = vqclip(capsys, "models", "download", "tiny_f16", "-q")
+    assert _run(vq, "models", "path", "tiny_f16")[1].strip() == path
+    code, out, err = _run(vq, "models", "download", "tiny_f16", "-q")
     assert (code, out.strip()) == (0, path), err
     rows = {
-        r["name"]: r
-        for r in map(json.loads, vqclip(capsys, "models", "list", "--json", "--kind", "vqgan")[1].splitlines())
+        r["name"]: r for r in map(json.loads, _run(vq, "models", "list", "--json", "--kind", "vqgan")[1].splitlines())
     }
     assert rows["tiny_f16"]["cached"] and rows["tiny_f16"]["verified"]
 
-    code, out, _ = vqclip(capsys, "models", "verify", "tiny_f16")
+    code, out, _ = _run(vq, "models", "verify", "tiny_f16")
     assert code == 0 and f"ok       {path}" in out
 
     with open(path, "r+b") as f:  # flip a byte in the middle
@@ -150,44 +143,44 @@ def test_models_commands(user_model, isolated, capsys):
         byte = f.read(1)
         f.seek(1000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    code, out, _ = vqclip(capsys, "models", "verify", "tiny_f16")
+    code, out, _ = _run(vq, "models", "verify", "tiny_f16")
     assert code == 1 and f"corrupt  {path}" in out and "removed" in out
     assert not (isolated / "cache" / "tiny_f16" / "model.ckpt").exists()
 
-    code, _, err = vqclip(capsys, "models", "download", "nope")
+    code, _, err = _run(vq, "models", "download", "nope")
     assert code == 2 and "Unknown model 'nope'" in err
 
 
-def test_verify_rechecks_what_an_unpublished_file_holds(user_model, isolated, capsys):
+def test_verify_rechecks_what_an_unpublished_file_holds(user_model, isolated, vq):
     """A web page stamped as the model by an older vqclip: verify recognises it and removes it."""
     path = isolated / "cache" / "tiny_f16" / "model.ckpt"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"<!DOCTYPE html><html>Link does not exist.</html>")
     cache.write_stamp(path, cache.sha256_file(path))
-    code, out, _ = vqclip(capsys, "models", "verify", "tiny_f16")
+    code, out, _ = _run(vq, "models", "verify", "tiny_f16")
     assert code == 1 and f"corrupt  {path} (it is not a weights file" in out and "web page" in out
     assert not path.exists()
 
 
-def test_verify_with_nothing_cached_says_so(isolated, capsys):
-    code, out, err = vqclip(capsys, "models", "verify")
+def test_verify_with_nothing_cached_says_so(isolated, vq):
+    code, out, err = _run(vq, "models", "verify")
     assert code == 0 and out == ""
     assert f"Nothing to verify: no model files in {isolated / 'cache'}." in err
 
 
-def test_all_mirrors_failing_is_exit_3_listing_urls(www, isolated, capsys):
+def test_all_mirrors_failing_is_exit_3_listing_urls(www, isolated, vq):
     _toml(isolated, f'[models.dead]\nkind = "vqgan"\nurls = ["{www.url}/404/x.ckpt", "{www.url}/404/y.ckpt"]\n')
-    code, _, err = vqclip(capsys, "models", "download", "dead", "-q")
+    code, _, err = _run(vq, "models", "download", "dead", "-q")
     assert code == 3
     assert "Could not download dead (model.ckpt)" in err
     assert "/404/x.ckpt: HTTP 404" in err and "/404/y.ckpt: HTTP 404" in err
 
 
-def test_cache_that_is_a_file_is_one_sentence_and_exit_3(user_model, isolated, monkeypatch, capsys):
+def test_cache_that_is_a_file_is_one_sentence_and_exit_3(user_model, isolated, monkeypatch, vq):
     blocker = isolated / "cache-file"
     blocker.write_text("")
     monkeypatch.setenv("VQCLIP_CACHE", str(blocker))
-    code, out, err = vqclip(capsys, "models", "download", "tiny_f16", "-q")
+    code, out, err = _run(vq, "models", "download", "tiny_f16", "-q")
     assert code == 3 and out == ""
     first, *rest = err.strip().splitlines()
     assert first == f"Error: The cache folder {blocker / 'tiny_f16'} cannot be made: {blocker} is a file, not a folder."
