@@ -111,7 +111,7 @@ class Target:
     sha256: str | None = None
     label: str = ""  # for messages: "vqgan_imagenet_f16_16384 (model.ckpt)"
     fetch_command: str = ""  # for messages: the command that downloads it
-    content: str | None = None  # what the file must be when no sha256 is known (vqclip.filetypes.CONTENTS)
+    content: str | None = None  # without a sha256: "checkpoint", "weights" or "taming-config" (vqclip.filetypes)
 
     @property
     def name(self) -> str:
