@@ -1,33 +1,51 @@
-"""The registry, the user's TOML models, and `vqclip models list/download/verify/path`."""
+"""The registry, the user's TOML models, and `vqclip models list/download/verify/path` (run in-process)."""
 
 import json
 
 import pytest
 import torch
 
-from tests.conftest import run_cli
 from tests.http_server import FileServer
-from vqclip import load_vqgan
+from vqclip import cache, download, load_vqgan
+from vqclip.errors import UsageError
 from vqclip.pretrained import PRETRAINED
 from vqclip.registry import get_spec, list_specs
 
 
+def _run(vq, *args) -> tuple[int, str, str]:
+    """`vqclip ARGS` in this process (the `vq` fixture): exit code, stdout and stderr as text."""
+    r = vq(*args)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
 @pytest.fixture
-def user_model(tmp_path, fixtures, isolated, monkeypatch):
-    """A user TOML entry `tiny_f16` served by a local HTTP server (no sha256 given)."""
+def www(tmp_path, fixtures, monkeypatch):
+    """A local server holding the tiny VQGAN and its yaml; downloads retry fast."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(download, "BACKOFF", 0.01)
     root = tmp_path / "www"
     root.mkdir()
     (root / "tiny.ckpt").write_bytes((fixtures / "vqgan_tiny_f16.ckpt").read_bytes())
     (root / "tiny.yaml").write_bytes((fixtures / "vqgan_tiny_f16.yaml").read_bytes())
     with FileServer(root) as server:
-        (isolated / "config.toml").write_text(
-            "[models.tiny_f16]\n"
-            'kind = "vqgan"\n'
-            f'urls = ["{server.url}/404/tiny.ckpt", "{server.url}/ok/tiny.ckpt"]\n'
-            f'config_urls = ["{server.url}/ok/tiny.yaml"]\n'
-        )
         yield server
+
+
+def _toml(isolated, text: str) -> None:
+    (isolated / "config.toml").write_text(text)
+
+
+@pytest.fixture
+def user_model(www, isolated):
+    """A user TOML entry `tiny_f16` without sha256; its first mirrors are dead (404, a web page)."""
+    _toml(
+        isolated,
+        "[models.tiny_f16]\n"
+        'kind = "vqgan"\n'
+        f'urls = ["{www.url}/404/tiny.ckpt", "{www.url}/html/tiny.ckpt", "{www.url}/ok/tiny.ckpt"]\n'
+        f'config_urls = ["{www.url}/disguised/tiny.yaml", "{www.url}/ok/tiny.yaml"]\n',
+    )
+    return www
 
 
 def test_registry_entries_are_complete():
@@ -55,55 +73,115 @@ def test_registry_entries_are_complete():
     assert PRETRAINED["ViT-B-32/openai"].clip_arch == "ViT-B-32-quickgelu"
 
 
-def test_user_toml_model_downloads_and_loads(user_model, reference):
+def test_user_toml_model_skips_dead_mirrors_and_loads(user_model, isolated, fixtures, reference):
     assert get_spec("tiny_f16").kind == "vqgan"
     assert "tiny_f16" in [s.name for s in list_specs("vqgan")]
-    model = load_vqgan("tiny_f16", quiet=True)
+    model = load_vqgan("tiny_f16")
     with torch.no_grad():
         _, idx = model.quantize(model.encode(reference["x"]))
     assert torch.equal(idx, reference["f16_indices"])
-    assert len(user_model.gets("/404/")) == 1 and len(user_model.gets("/ok/tiny.ckpt")) == 1
+    cached = isolated / "cache" / "tiny_f16"
+    assert (cached / "model.yaml").read_bytes() == (fixtures / "vqgan_tiny_f16.yaml").read_bytes()
+    assert len(user_model.gets("/ok/tiny.ckpt")) == 1 and user_model.gets("/ok/tiny.ckpt")[0][1] is None
 
 
-def test_models_commands(user_model, isolated):
-    listed = run_cli("models", "list", "--json")
-    assert listed.returncode == 0, listed.stderr.decode()
-    rows = {r["name"]: r for r in map(json.loads, listed.stdout.decode().splitlines())}
+def test_web_page_is_never_cached_as_a_model_without_sha256(www, isolated, vq):
+    _toml(
+        isolated,
+        f'[models.dead]\nurls = ["{www.url}/disguised/tiny.ckpt"]\nconfig_urls = ["{www.url}/ok/tiny.yaml"]\n',
+    )
+    code, out, err = _run(vq, "models", "download", "dead", "-q")
+    assert code == 3 and out == ""
+    assert "Could not download dead (model.ckpt)" in err and "web page" in err
+    assert "connection" not in err  # a dead link is not a network problem
+    assert not (isolated / "cache" / "dead" / "model.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("urls = 5", "Model 'bad' in {toml}: `urls` must be a list of strings, not a whole number (5)."),
+        ('urls = ["https://x/a.ckpt", 3]', "`urls` must be a list of strings, not a list"),
+        ('path = "/m.ckpt"\nsize = "big"', "`size` must be a whole number, not a string ('big')."),
+        ('path = "/m.ckpt"\nsha265 = "abc"', "Model 'bad' in {toml} has an unknown key `sha265`."),
+        ('path = "/m.ckpt"\nsha256 = "abc"', "`sha256` must be 64 hexadecimal digits, not 'abc'."),
+    ],
+)
+def test_user_toml_with_a_wrong_entry_names_entry_key_and_type(isolated, vq, entry, message):
+    toml = isolated / "config.toml"
+    _toml(isolated, f"[models.bad]\n{entry}\n")
+    with pytest.raises(UsageError) as err:
+        get_spec("bad")
+    assert message.format(toml=toml) in err.value.message
+    if "sha265" in entry:
+        assert "Did you mean `sha256`?" in err.value.hint
+    code, _, stderr = _run(vq, "models", "list")
+    assert code == 2 and "Traceback" not in stderr and message.format(toml=toml) in stderr.replace("\n", "")
+
+
+def test_models_commands(user_model, isolated, vq):
+    code, out, _ = _run(vq, "models", "list", "--json", "--kind", "vqgan")
+    assert code == 0
+    rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
     assert rows["tiny_f16"]["cached"] is False
     assert rows["vqgan_imagenet_f16_16384"]["size"] == 980_092_370
 
-    path = run_cli("models", "path", "tiny_f16").stdout.decode().strip()
-    assert path == str(isolated / "cache" / "tiny_f16" / "model.ckpt")
-
-    got = run_cli("models", "download", "tiny_f16", "-q")
-    assert got.returncode == 0, got.stderr.decode()
-    assert got.stdout.decode().strip() == path
-    rows = {r["name"]: r for r in map(json.loads, run_cli("models", "list", "--json").stdout.decode().splitlines())}
+    path = str(isolated / "cache" / "tiny_f16" / "model.ckpt")
+    assert _run(vq, "models", "path", "tiny_f16")[1].strip() == path
+    code, out, err = _run(vq, "models", "download", "tiny_f16", "-q")
+    assert (code, out.strip()) == (0, path), err
+    rows = {
+        r["name"]: r for r in map(json.loads, _run(vq, "models", "list", "--json", "--kind", "vqgan")[1].splitlines())
+    }
     assert rows["tiny_f16"]["cached"] and rows["tiny_f16"]["verified"]
 
-    ok = run_cli("models", "verify", "tiny_f16")
-    assert ok.returncode == 0 and f"ok       {path}" in ok.stdout.decode()
+    code, out, _ = _run(vq, "models", "verify", "tiny_f16")
+    assert code == 0 and f"ok       {path}" in out
 
     with open(path, "r+b") as f:  # flip a byte in the middle
         f.seek(1000)
         byte = f.read(1)
         f.seek(1000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    bad = run_cli("models", "verify")
-    assert bad.returncode == 1
-    assert f"corrupt  {path}" in bad.stdout.decode() and "removed" in bad.stdout.decode()
+    code, out, _ = _run(vq, "models", "verify", "tiny_f16")
+    assert code == 1 and f"corrupt  {path}" in out and "removed" in out
     assert not (isolated / "cache" / "tiny_f16" / "model.ckpt").exists()
 
-    unknown = run_cli("models", "download", "nope")
-    assert unknown.returncode == 2 and b"Unknown model 'nope'" in unknown.stderr
+    code, _, err = _run(vq, "models", "download", "nope")
+    assert code == 2 and "Unknown model 'nope'" in err
 
 
-def test_all_mirrors_failing_is_exit_3_listing_urls(user_model, isolated):
-    (isolated / "config.toml").write_text(
-        f'[models.dead]\nkind = "vqgan"\nurls = ["{user_model.url}/404/x.ckpt", "{user_model.url}/404/y.ckpt"]\n'
-    )
-    r = run_cli("models", "download", "dead", "-q")
-    assert r.returncode == 3
-    err = r.stderr.decode()
+def test_verify_rechecks_what_an_unpublished_file_holds(user_model, isolated, vq):
+    """A web page stamped as the model by an older vqclip: verify recognises it and removes it."""
+    path = isolated / "cache" / "tiny_f16" / "model.ckpt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"<!DOCTYPE html><html>Link does not exist.</html>")
+    cache.write_stamp(path, cache.sha256_file(path))
+    code, out, _ = _run(vq, "models", "verify", "tiny_f16")
+    assert code == 1 and f"corrupt  {path} (it is not a weights file" in out and "web page" in out
+    assert not path.exists()
+
+
+def test_verify_with_nothing_cached_says_so(isolated, vq):
+    code, out, err = _run(vq, "models", "verify")
+    assert code == 0 and out == ""
+    assert f"Nothing to verify: no model files in {isolated / 'cache'}." in err
+
+
+def test_all_mirrors_failing_is_exit_3_listing_urls(www, isolated, vq):
+    _toml(isolated, f'[models.dead]\nkind = "vqgan"\nurls = ["{www.url}/404/x.ckpt", "{www.url}/404/y.ckpt"]\n')
+    code, _, err = _run(vq, "models", "download", "dead", "-q")
+    assert code == 3
     assert "Could not download dead (model.ckpt)" in err
     assert "/404/x.ckpt: HTTP 404" in err and "/404/y.ckpt: HTTP 404" in err
+
+
+def test_cache_that_is_a_file_is_one_sentence_and_exit_3(user_model, isolated, monkeypatch, vq):
+    blocker = isolated / "cache-file"
+    blocker.write_text("")
+    monkeypatch.setenv("VQCLIP_CACHE", str(blocker))
+    code, out, err = _run(vq, "models", "download", "tiny_f16", "-q")
+    assert code == 3 and out == ""
+    first, *rest = err.strip().splitlines()
+    assert first == f"Error: The cache folder {blocker / 'tiny_f16'} cannot be made: {blocker} is a file, not a folder."
+    assert rest == ["Set VQCLIP_CACHE to a folder you can write to."]

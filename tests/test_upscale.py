@@ -88,7 +88,7 @@ def test_metadata_is_carried_over(tiny_esrgan, tmp_path, vq):
     [
         ("not_image", 2, "is not an image"),
         ("missing", 2, "does not exist"),
-        ("corrupt_weights", 3, "is not a loadable super-resolution model"),
+        ("corrupt_weights", 3, "is not a weights file: its zip archive is incomplete (truncated)"),
     ],
 )
 def test_bad_inputs(tiny_esrgan, picture, tmp_path, case, code, message, vq):

@@ -1,20 +1,30 @@
-"""CLIP weights: parse a --clip name, find the weights (the Hugging Face cache, a registry entry, local
-files) and load them into a frozen `ClipModel`.
+"""CLIP weights: parse a --clip name, find the weights (the Hugging Face cache, vqclip's cache, local files),
+download them when missing, and load them into a frozen `ClipModel`.
 
 Accepted model names:
-    "ViT-B-32/openai"              a registry entry or any open_clip architecture/tag (weights via the
-                                   Hugging Face cache: HF_HOME, HF_HUB_OFFLINE are honoured)
+    "ViT-B-32/openai"              a registry entry or any open_clip architecture/tag: the tag's weights file
+                                   on the Hugging Face Hub, used from the Hugging Face cache (HF_HOME) when it
+                                   is there, else downloaded into vqclip's cache like every other model
     "ARCH:WEIGHTS" "CFG.json:WEIGHTS"   an open_clip architecture or config file plus a local weights file
+
+The caches are looked at first, so a missing model is one message at once when offline. vqclip downloads
+Hub files with its own downloader (verified, resumable, locked, with progress events), so the Hugging Face
+client's retries and log lines never reach the user, and no environment variable is touched. Every weights
+file is read with vqclip's safe reader (`vqclip.checkpoint.read_checkpoint`).
 """
 
 import json
-import os
+import logging
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqclip.errors import OfflineError, UsageError, WeightsError
+from vqclip.errors import DownloadError, OfflineError, UsageError, WeightsError
+from vqclip.events import ProgressFn, ignore
 
-HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
 
 
 @dataclass(frozen=True)
@@ -66,69 +76,187 @@ def parse_clip_name(name: str) -> ClipSource:
     )
 
 
-def _set_hf_offline() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        import huggingface_hub.constants as hf_constants
-
-        hf_constants.HF_HUB_OFFLINE = True
-    except ImportError:
-        pass
+# ---- where a tag's weights are ------------------------------------------------------------------
 
 
-def _hf_cached_file(arch: str, tag: str) -> Path | None:
+def _pretrained_cfg(source: ClipSource) -> dict:
     import open_clip
 
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
-    repo = (cfg or {}).get("hf_hub", "").strip("/")
-    if not repo:
-        return None
+    cfg = open_clip.get_pretrained_cfg(source.arch, source.tag) if source.tag else None
+    if not cfg:
+        raise UsageError(f"open_clip has no weights tagged {source.tag!r} for {source.arch}.")
+    return cfg
+
+
+def _hub_files(source: ClipSource) -> tuple[str, tuple[str, ...]]:
+    """(Hub repo id, weights file names) from open_clip's `hf_hub` entry ("org/repo/" or "org/repo/file")."""
+    repo, filename = posixpath.split(_pretrained_cfg(source).get("hf_hub", ""))
+    return repo, (filename,) if filename else HF_WEIGHT_FILES
+
+
+def hub_targets(source: ClipSource) -> list:
+    """The files a tag's weights may be downloaded as (vqclip.cache.Target), in the order to try them:
+    open_clip's Hub repo (safetensors, else the pickle), or the tag's own URL."""
+    import huggingface_hub.constants as hf
+
+    from vqclip.cache import Target, cache_dir
+
+    cfg = _pretrained_cfg(source)
+    repo, names = _hub_files(source)
+    if repo:
+        folder = cache_dir() / "clip" / repo.replace("/", "--")
+        files = [(f, f"{hf.ENDPOINT}/{repo}/resolve/main/{f}") for f in names]
+    elif cfg.get("url"):
+        folder = cache_dir() / "clip" / f"{source.arch}--{source.tag}"
+        files = [(cfg["url"].rsplit("/", 1)[-1], cfg["url"])]
+    else:
+        return []
+    return [
+        Target(
+            folder / name,
+            (url,),
+            label=f"{source.name} ({name})",
+            fetch_command=f"vqclip models download {source.name}",
+            content="weights",
+        )
+        for name, url in files
+    ]
+
+
+def hf_cached_weights(source: ClipSource) -> Path | None:
+    """The tag's weights in the Hugging Face cache (HF_HOME, HF_HUB_CACHE), looked up without the network."""
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in HF_WEIGHT_FILES:
-        hit = try_to_load_from_cache(repo, filename)
+    repo, names = _hub_files(source)
+    if not repo:
+        return None
+    for name in names:
+        hit = try_to_load_from_cache(repo, name)
         if isinstance(hit, str):
             return Path(hit)
     return None
 
 
-def clip_cached(spec) -> bool:
-    return _hf_cached_file(spec.clip_arch, spec.clip_tag) is not None
+def fetch_clip_weights(source: ClipSource, offline: bool | None = None, progress: ProgressFn = ignore) -> Path:
+    """The weights file of a --clip name: local, in a cache, or downloaded into vqclip's cache now."""
+    from vqclip.cache import cache_dir
+    from vqclip.download import fetch, offline_reason, online_again
 
-
-def download_clip(name: str) -> Path:
-    """Fetch a CLIP model's weights into the Hugging Face cache (for `vqclip models download`)."""
-    source = parse_clip_name(name)
     if source.weights:
         return Path(source.weights)
-    import open_clip
+    hit = hf_cached_weights(source)
+    if hit is not None:
+        return hit
+    targets = hub_targets(source)
+    if not targets:
+        raise WeightsError(f"open_clip names no download for CLIP {source.name}.", "Pass --clip CONFIG.json:WEIGHTS.")
+    for target in targets:
+        try:
+            return fetch(target, offline=offline, progress=progress)
+        except OfflineError:
+            continue  # perhaps the next file is there; the message below names both caches
+        except DownloadError as err:
+            if err.causes != {"missing"} or target is targets[-1]:
+                raise
+    import huggingface_hub.constants as hf
 
-    cfg = open_clip.get_pretrained_cfg(source.arch, source.tag)
-    if not cfg:
-        raise UsageError(f"open_clip has no weights tagged {source.tag!r} for {source.arch}.")
+    reason = offline_reason(offline)
+    raise OfflineError(
+        f"CLIP {source.name} is not in the Hugging Face cache ({hf.HF_HUB_CACHE}) nor in vqclip's "
+        f"({cache_dir() / 'clip'}) and the network is off ({reason}).",
+        f"Run `vqclip models download {source.name}` {online_again(reason)}, or pass local files as "
+        "--clip CONFIG.json:WEIGHTS.",
+    )
+
+
+def _source(spec) -> ClipSource:
+    return ClipSource(spec.name, spec.clip_arch, tag=spec.clip_tag)
+
+
+def clip_files(spec) -> list:
+    """The files of a CLIP registry entry in vqclip's cache (for `vqclip models verify`)."""
+    return hub_targets(_source(spec))
+
+
+def clip_status(spec) -> tuple[bool, bool]:
+    """(cached, verified) of a CLIP registry entry, without the network."""
+    from vqclip.cache import is_verified
+
+    if hf_cached_weights(_source(spec)) is not None:
+        return True, True
+    files = clip_files(spec)
+    return any(t.path.is_file() for t in files), any(is_verified(t.path) for t in files)
+
+
+def clip_path(spec) -> Path:
+    """Where a CLIP entry's weights are, or where `vqclip models download` will put them."""
+    files = clip_files(spec)
+    present = [t.path for t in files if t.path.is_file()]
+    return hf_cached_weights(_source(spec)) or (present or [t.path for t in files])[0]
+
+
+def download_clip(name: str, progress: ProgressFn = ignore) -> Path:
+    """Fetch a CLIP model's weights (for `vqclip models download`); returns their path."""
+    return fetch_clip_weights(parse_clip_name(name), progress=progress)
+
+
+# ---- loading ----------------------------------------------------------------------------------------
+
+
+def _weights_sha256(path: Path) -> str:
+    """The Hugging Face cache names its blobs by sha256; vqclip's cache records it; others are hashed."""
+    from vqclip.cache import read_stamp, sha256_file
+
+    blob = path.resolve().name
+    if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
+        return blob
+    return (read_stamp(path) or {}).get("sha256") or sha256_file(path)
+
+
+def _state_dict(path: Path) -> dict:
+    """The tensors of a CLIP weights file, read safely; a training run's `state_dict` and DDP's `module.`
+    prefix are unwrapped, as open_clip does."""
+    from vqclip.checkpoint import read_checkpoint, state_dict_of
+
+    sd = state_dict_of(read_checkpoint(path))
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+class _Held(logging.Filter):
+    """Keeps the records logged through the root logger instead of letting them through."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def filter(self, record) -> bool:
+        self.records.append(record)
+        return False
+
+
+@contextmanager
+def _root_logging_held() -> Iterator[list]:
+    """open_clip logs through the root logger (`logging.warning(...)`, e.g. "No pretrained weights loaded"
+    while we load them ourselves): unconfigured, that prints "WARNING:root:" lines and installs a handler
+    for the rest of the process. Hold those records for the length of the call."""
+    root = logging.getLogger()
+    held, guard = _Held(), logging.NullHandler()  # a handler, so logging.warning() skips basicConfig()
+    root.addFilter(held)
+    root.addHandler(guard)
     try:
-        return Path(open_clip.download_pretrained(cfg))
-    except Exception as err:
-        raise WeightsError(f"Could not download CLIP {name}: {err}") from err
+        yield held.records
+    finally:
+        root.removeFilter(held)
+        root.removeHandler(guard)
 
 
-def _weights_sha256(source: ClipSource) -> str | None:
-    from vqclip.download import sha256_file
-
-    if source.weights:
-        return sha256_file(Path(source.weights))
-    cached = _hf_cached_file(source.arch, source.tag)
-    if cached is None:
-        return None
-    blob = cached.resolve().name  # the HF cache names LFS blobs by their sha256
-    return blob if len(blob) == 64 else sha256_file(cached)
-
-
-def load_clip(name: str, device="cpu", offline: bool | None = None):
+def load_clip(name: str, device="cpu", offline: bool | None = None, progress: ProgressFn = ignore):
     """Build an open_clip model with its weights, frozen, in eval mode: a `vqclip.models.clip.ClipModel`."""
     import open_clip
 
-    from vqclip.download import offline_mode
+    from vqclip.checkpoint import load_strict
     from vqclip.models.clip import wrap_clip
 
     source = parse_clip_name(name)
@@ -137,19 +265,14 @@ def load_clip(name: str, device="cpu", offline: bool | None = None):
         if "model_cfg" in cfg:
             raise UsageError(f"{source.config_file} is a hub config; pass its model_cfg as a plain JSON file.")
         open_clip.add_model_config(source.config_file)
-    if offline_mode(offline):
-        _set_hf_offline()
-    try:
-        model = open_clip.create_model(
-            source.arch, pretrained=source.weights or source.tag, device="cpu", require_pretrained=True
-        )
-    except RuntimeError as err:
-        if source.tag and ("download" in str(err).lower() or offline_mode(offline)):
-            cls = OfflineError if offline_mode(offline) else WeightsError
-            raise cls(
-                f"CLIP weights {name} are not available ({str(err).splitlines()[0]}).",
-                f"Run `vqclip models download {name}` while online (HF_HOME decides where they go).",
-            ) from err
-        raise WeightsError(f"Could not load CLIP {name}: {err}") from err
+    weights = fetch_clip_weights(source, offline=offline, progress=progress)
+    # the tag's normalisation (e.g. 0.5/0.5 for some LAION models); local files get open_clip's default
+    norm = {k: v for k, v in _pretrained_cfg(source).items() if k in ("mean", "std")} if source.tag else {}
+    with _root_logging_held():
+        model = open_clip.create_model(source.arch, pretrained=None, device="cpu", force_preprocess_cfg=norm)
+        tokenizer = open_clip.get_tokenizer(source.arch)
+    load_strict(
+        model, _state_dict(weights), str(weights), hint="Check that the architecture (or CONFIG.json) fits them."
+    )
     model.eval().requires_grad_(False)
-    return wrap_clip(name, model, open_clip.get_tokenizer(source.arch), _weights_sha256(source)).to(device)
+    return wrap_clip(name, model, tokenizer, _weights_sha256(weights)).to(device)

@@ -42,15 +42,22 @@ class WeightsError(VqclipError):
 
 
 class DownloadError(WeightsError):
-    """Every URL of a file failed."""
+    """Every URL of a file failed. `causes`: the kinds of failure met ("network", "missing", "web page",
+    "mismatch"), so a caller can tell a file that is nowhere from a network that is down."""
+
+    causes: frozenset = frozenset()
 
 
-class ChecksumError(WeightsError):
-    """A downloaded or cached file does not have the expected size or sha256."""
+class ChecksumError(DownloadError):
+    """Every URL gave a file without the expected size, sha256 or content."""
 
 
 class OfflineError(WeightsError):
     """A file is needed but the network is off (--offline, VQCLIP_OFFLINE, HF_HUB_OFFLINE)."""
+
+
+class CacheError(WeightsError):
+    """The cache folder cannot hold the file: not writable, not a folder, or its disk is full."""
 
 
 class CheckpointError(WeightsError):

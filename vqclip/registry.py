@@ -12,11 +12,14 @@ User entries live in `$VQCLIP_CONFIG`, else `<platform config dir>/vqclip/config
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqclip.download import Target, cache_dir, fetch, is_verified
+from vqclip.cache import Target, cache_dir, is_verified, read_stamp, sha256_file
+from vqclip.download import fetch
 from vqclip.errors import UsageError
+from vqclip.events import ProgressFn, ignore
 from vqclip.pretrained import PRETRAINED, FileSpec, WeightSpec
 
 KINDS = ("vqgan", "transformer", "clip", "upscaler")
@@ -42,21 +45,79 @@ def _toml_load(path: Path) -> dict:
         raise UsageError(f"Cannot read the model config file {path}: {err}.") from err
 
 
+_STR, _STRS, _INT = "a string", "a list of strings", "a whole number"
+# The keys of a user entry and what each must hold.
+FIELDS = {
+    "kind": _STR,
+    "description": _STR,
+    "license": _STR,
+    "url": _STR,
+    "urls": _STRS,
+    "path": _STR,
+    "filename": _STR,
+    "size": _INT,
+    "sha256": _STR,
+    "config": _STR,
+    "config_urls": _STRS,
+    "config_filename": _STR,
+    "config_sha256": _STR,
+    "arch": _STR,
+    "tag": _STR,
+}
+
+
+def _holds(value, expected: str) -> bool:
+    if expected == _STR:
+        return isinstance(value, str)
+    if expected == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _type_name(value) -> str:
+    names = {bool: "true/false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
+    return names.get(type(value), "a table" if isinstance(value, dict) else type(value).__name__)
+
+
+def _check_entry(name: str, entry, source: Path) -> None:
+    """Every key known and of the right type, so a typo or `urls = 5` is named instead of failing later."""
+    where = f"Model {name!r} in {source}"
+    if not isinstance(entry, dict):
+        raise UsageError(f"{where} must be a table of settings, not {_type_name(entry)}.")
+    for key, value in entry.items():
+        expected = FIELDS.get(key)
+        if expected is None:
+            close = difflib.get_close_matches(key, list(FIELDS), n=1)
+            hint = f"Did you mean `{close[0]}`? " if close else ""
+            raise UsageError(f"{where} has an unknown key `{key}`.", hint + "Known keys: " + ", ".join(FIELDS) + ".")
+        if not _holds(value, expected):
+            raise UsageError(f"{where}: `{key}` must be {expected}, not {_type_name(value)} ({value!r}).")
+    for key in ("sha256", "config_sha256"):
+        digest = entry.get(key)
+        if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise UsageError(f"{where}: `{key}` must be 64 hexadecimal digits, not {digest!r}.")
+
+
 def _user_spec(name: str, entry: dict, source: Path) -> WeightSpec:
+    _check_entry(name, entry, source)
     kind = entry.get("kind", "vqgan")
     if kind not in KINDS:
         raise UsageError(f"Model {name!r} in {source} has kind {kind!r}; expected one of {', '.join(KINDS)}.")
     urls = tuple(entry.get("urls", ()))
-    if isinstance(entry.get("url"), str):
+    if "url" in entry:
         urls = (entry["url"], *urls)
     path = entry.get("path")
     if kind != "clip" and not urls and not path:
         raise UsageError(f"Model {name!r} in {source} needs `urls` or a local `path`.")
-    checkpoint = FileSpec(entry.get("filename", "model.ckpt"), urls, entry.get("size"), entry.get("sha256"))
+    sha256 = entry.get("sha256")
+    checkpoint = FileSpec(entry.get("filename", "model.ckpt"), urls, entry.get("size"), sha256 and sha256.lower())
     config = None
     config_urls = tuple(entry.get("config_urls", ()))
     if config_urls:
-        config = FileSpec(entry.get("config_filename", "model.yaml"), config_urls, None, entry.get("config_sha256"))
+        config_sha256 = entry.get("config_sha256")
+        config = FileSpec(
+            entry.get("config_filename", "model.yaml"), config_urls, None, config_sha256 and config_sha256.lower()
+        )
     return WeightSpec(
         name=name,
         kind=kind,
@@ -67,7 +128,7 @@ def _user_spec(name: str, entry: dict, source: Path) -> WeightSpec:
         clip_tag=entry.get("tag"),
         license=entry.get("license", ""),
         path=str(Path(path).expanduser()) if path else None,
-        local_config=str(Path(entry["config"]).expanduser()) if isinstance(entry.get("config"), str) else None,
+        local_config=str(Path(entry["config"]).expanduser()) if "config" in entry else None,
     )
 
 
@@ -76,6 +137,8 @@ def user_specs() -> dict[str, WeightSpec]:
     if not path.is_file():
         return {}
     models = _toml_load(path).get("models", {})
+    if not isinstance(models, dict):
+        raise UsageError(f"`models` in {path} must be a table of [models.NAME] entries, not {_type_name(models)}.")
     return {name: _user_spec(name, entry, path) for name, entry in models.items()}
 
 
@@ -104,23 +167,30 @@ def model_dir(spec: WeightSpec) -> Path:
     return cache_dir() / spec.name
 
 
+# What a downloaded file must be when no sha256 is published (vqclip.filetypes.content_problem).
+CHECKPOINT_CONTENT = {"vqgan": "checkpoint", "transformer": "checkpoint", "upscaler": "weights", "clip": "weights"}
+
+
 def targets(spec: WeightSpec) -> list[Target]:
-    """The files to download for an entry (checkpoint, then config), with their cache paths."""
-    out = []
-    for file in (spec.checkpoint, spec.config):
-        if file is None or (file is spec.checkpoint and spec.path):
-            continue
-        out.append(
-            Target(
-                path=model_dir(spec) / file.filename,
-                urls=file.urls,
-                size=file.size,
-                sha256=file.sha256,
-                label=f"{spec.name} ({file.filename})",
-                fetch_command=f"vqclip models download {spec.name}",
-            )
+    """The files to download for an entry (checkpoint, then config), with their cache paths.
+
+    CLIP entries fetched through open_clip's Hub names have none here (vqclip.clip_loading.hub_targets).
+    """
+    files = [(spec.checkpoint, CHECKPOINT_CONTENT[spec.kind])] if spec.checkpoint and not spec.path else []
+    if spec.config is not None:
+        files.append((spec.config, "taming-config"))
+    return [
+        Target(
+            path=model_dir(spec) / file.filename,
+            urls=file.urls,
+            size=file.size,
+            sha256=file.sha256,
+            label=f"{spec.name} ({file.filename})",
+            fetch_command=f"vqclip models download {spec.name}",
+            content=content,
         )
-    return out
+        for file, content in files
+    ]
 
 
 @dataclass(frozen=True)
@@ -131,16 +201,31 @@ class LocalModel:
     checkpoint: Path
     config: Path | dict | None
 
+    @property
+    def sha256(self) -> str:
+        """The checkpoint's sha256: recorded when it was verified, or hashed (a user's local file)."""
+        return (read_stamp(self.checkpoint) or {}).get("sha256") or sha256_file(self.checkpoint)
 
-def fetch_model(name: str, kind: str | None = None, offline: bool | None = None, quiet: bool = False) -> LocalModel:
-    """Resolve a registry name to local files, downloading and verifying them on first use."""
+
+def fetch_model(
+    name: str,
+    kind: str | None = None,
+    offline: bool | None = None,
+    progress: ProgressFn = ignore,
+    quiet: bool | None = None,
+) -> LocalModel:
+    """Resolve a registry name to local files, downloading and verifying them on first use.
+
+    `quiet` is accepted, and ignored, until vqclip.loading passes `progress` instead (issue 13): nothing
+    here prints.
+    """
     spec = get_spec(name)
     accepted = {"vqgan": ("vqgan", "transformer")}.get(kind, (kind,)) if kind else KINDS
     if spec.kind not in accepted:
         raise UsageError(f"{name} is a {spec.kind} model, not a {kind} model.")
     if spec.kind == "clip" and spec.checkpoint is None:
-        raise UsageError(f"{name} is fetched by open_clip; load it with vqclip.clip_loading.load_clip.")
-    paths = {t.path.name: fetch(t, offline=offline, quiet=quiet) for t in targets(spec)}
+        raise UsageError(f"{name} is fetched through open_clip; load it with vqclip.clip_loading.load_clip.")
+    paths = {t.path.name: fetch(t, offline=offline, progress=progress) for t in targets(spec)}
     checkpoint = Path(spec.path) if spec.path else paths[spec.checkpoint.filename]
     if spec.local_config:
         config = Path(spec.local_config)
@@ -152,12 +237,7 @@ def fetch_model(name: str, kind: str | None = None, offline: bool | None = None,
 
 
 def status(spec: WeightSpec) -> tuple[bool, bool]:
-    """(cached, verified) for an entry's downloadable files; CLIP entries are asked of open_clip's cache."""
-    if spec.kind == "clip" and spec.checkpoint is None:
-        from vqclip.clip_loading import clip_cached
-
-        cached = clip_cached(spec)
-        return cached, cached
+    """(cached, verified) for an entry with its own files (CLIP Hub entries: vqclip.clip_loading.clip_status)."""
     if spec.path:
         return Path(spec.path).is_file(), Path(spec.path).is_file()
     files = targets(spec)

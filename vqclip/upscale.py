@@ -1,5 +1,5 @@
-"""Real-ESRGAN super-resolution (Wang et al. 2021) through spandrel, which loads the published weights
-without basicsr and with a restricted unpickler. Inference is tiled with overlap, so memory is bounded by
+"""Real-ESRGAN super-resolution (Wang et al. 2021) through spandrel, which builds the published architecture
+without basicsr; the weights are read by vqclip's safe reader. Inference is tiled with overlap, so memory is bounded by
 the tile size, not by the image size."""
 
 from pathlib import Path
@@ -11,18 +11,24 @@ from vqclip.events import Progress, ProgressFn, ignore
 
 
 def load_upscaler(path: str | Path, device="cpu"):
-    """A spandrel ImageModelDescriptor for a super-resolution checkpoint (e.g. RealESRGAN_x4plus.pth)."""
+    """A spandrel ImageModelDescriptor for a super-resolution checkpoint (e.g. RealESRGAN_x4plus.pth).
+
+    The file is read by vqclip's safe reader, like every weights file (same checks, same messages); spandrel
+    then only recognises the architecture from the tensors."""
     import spandrel
+
+    from vqclip.checkpoint import damaged_hint, read_checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"Upscaler weights {path} do not exist.")
+    state_dict = spandrel.canonicalize_state_dict(read_checkpoint(path))  # unwraps `params_ema` and the like
     try:
-        model = spandrel.ModelLoader().load_from_file(path)
-    except Exception as err:  # spandrel raises many kinds: unpickling, unknown architecture, shapes
+        model = spandrel.ModelLoader().load_from_state_dict(state_dict)
+    except Exception as err:  # spandrel raises many kinds: unknown architecture, shapes
         raise WeightsError(
-            f"{path} is not a loadable super-resolution model ({str(err).splitlines()[0][:200]}).",
-            "Run `vqclip models verify realesrgan_x4plus` (or delete the file) to fetch a fresh copy.",
+            f"{path} is not a super-resolution model spandrel knows ({str(err).splitlines()[0][:200]}).",
+            damaged_hint(path),
         ) from err
     if not isinstance(model, spandrel.ImageModelDescriptor):
         raise WeightsError(f"{path} is not an image-to-image model.")

@@ -5,9 +5,7 @@ import json
 import click
 
 from vqclip.cli.app import cli, info
-from vqclip.errors import UsageError, VqclipError
-
-# ---- models ------------------------------------------------------------------------------------
+from vqclip.errors import VqclipError
 
 
 @cli.group()
@@ -25,6 +23,22 @@ def _human(size: int | None) -> str:
     return "?"
 
 
+def _from_hub(spec) -> bool:
+    """CLIP entries whose weights open_clip names on the Hugging Face Hub (vqclip.clip_loading)."""
+    return spec.kind == "clip" and spec.checkpoint is None
+
+
+def _files(spec) -> list:
+    """The cache files of an entry (vqclip.cache.Target), CLIP Hub files included."""
+    from vqclip.registry import targets
+
+    if _from_hub(spec):
+        from vqclip.clip_loading import clip_files
+
+        return clip_files(spec)
+    return targets(spec)
+
+
 @models.command("list")
 @click.option("--kind", type=click.Choice(["vqgan", "transformer", "clip", "upscaler"]))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model on stdout.")
@@ -32,11 +46,12 @@ def models_list(kind, as_json):
     """The known models: name, kind, size, and whether they are cached and verified."""
     from rich.table import Table
 
+    from vqclip.clip_loading import clip_status
     from vqclip.registry import list_specs, status
 
     rows = []
     for spec in list_specs(kind):
-        cached, verified = status(spec)
+        cached, verified = clip_status(spec) if _from_hub(spec) else status(spec)
         size = spec.checkpoint.size if spec.checkpoint else None
         rows.append(
             {
@@ -72,40 +87,47 @@ def models_list(kind, as_json):
 @click.option("--quiet", "-q", is_flag=True)
 def models_download(names, quiet):
     """Download models into the cache (verified); prints each local path."""
+    from vqclip.cli.progress import Reporter
     from vqclip.clip_loading import download_clip
     from vqclip.registry import fetch_model, get_spec
 
     specs = [get_spec(n) for n in names]  # unknown names fail before any download
-    for spec in specs:
-        if spec.kind == "clip" and spec.checkpoint is None:
-            click.echo(str(download_clip(spec.name)))
-        else:
-            click.echo(str(fetch_model(spec.name, quiet=quiet).checkpoint))
+    with Reporter("none" if quiet else "bar") as reporter:
+        for spec in specs:
+            if _from_hub(spec):
+                path = download_clip(spec.name, progress=reporter)
+            else:
+                path = fetch_model(spec.name, progress=reporter).checkpoint
+            reporter.output(str(path))
 
 
 @models.command("verify")
 @click.argument("names", nargs=-1)
 def models_verify(names):
-    """Re-hash cached files; remove the corrupt ones (they are downloaded again on next use)."""
-    from vqclip.download import stamp_path, verify_file
-    from vqclip.registry import get_spec, list_specs, targets
+    """Re-check cached files (sha256, and what they hold); remove bad ones (fetched again on next use)."""
+    from vqclip.cache import cache_dir, check_file, remove_cached
+    from vqclip.registry import get_spec, list_specs
 
     specs = [get_spec(n) for n in names] if names else list_specs()
-    bad = 0
+    present = []
     for spec in specs:
-        for target in targets(spec):
-            if not target.path.is_file():
-                if names:
-                    info(f"{target.label}: not downloaded")
-                continue
-            problem = verify_file(target.path, target.size, target.sha256)
-            if problem is None:
-                click.echo(f"ok       {target.path}")
-            else:
-                bad += 1
-                target.path.unlink()
-                stamp_path(target.path).unlink(missing_ok=True)
-                click.echo(f"corrupt  {target.path} ({problem}); removed")
+        for target in _files(spec):
+            if target.path.is_file():
+                present.append(target)
+            elif names:
+                info(f"{target.name}: not downloaded")
+    if not present:
+        info(f"Nothing to verify: no model files in {cache_dir()}." if not names else "Nothing to verify.")
+        return
+    bad = 0
+    for target in present:
+        problem = check_file(target)
+        if problem is None:
+            click.echo(f"ok       {target.path}")
+        else:
+            bad += 1
+            remove_cached(target)
+            click.echo(f"corrupt  {target.path} ({problem}); removed")
     if bad:
         raise VqclipError(f"{bad} corrupt file(s) removed; they will be downloaded again when needed.")
 
@@ -114,15 +136,12 @@ def models_verify(names):
 @click.argument("name")
 def models_path(name):
     """Print where a model's checkpoint lives (or will live) in the cache."""
-    from vqclip.registry import get_spec, targets
+    from vqclip.registry import get_spec
 
     spec = get_spec(name)
-    if spec.kind == "clip" and spec.checkpoint is None:
-        from vqclip.clip_loading import _hf_cached_file
+    if _from_hub(spec):
+        from vqclip.clip_loading import clip_path
 
-        cached = _hf_cached_file(spec.clip_arch, spec.clip_tag)
-        if cached is None:
-            raise UsageError(f"{name} is not downloaded yet.", f"Run `vqclip models download {name}`.")
-        click.echo(str(cached))
+        click.echo(str(clip_path(spec)))
         return
-    click.echo(spec.path or str(targets(spec)[0].path))
+    click.echo(spec.path or str(_files(spec)[0].path))
