@@ -125,6 +125,7 @@ def _globals(f) -> list[str]:
 
 # ---- is a downloaded file what it claims to be ------------------------------------------------------
 
+
 def content_problem(path: Path, content: str) -> str | None:
     """None when `path` holds what `content` claims, else what it holds instead (for files without a sha256).
 

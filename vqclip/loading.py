@@ -14,6 +14,7 @@ import yaml
 
 from vqclip.checkpoint import load_strict, read_checkpoint, state_dict_of
 from vqclip.errors import UsageError, WeightsError
+from vqclip.events import ProgressFn, ignore
 from vqclip.models.vqgan import VQGAN, VQGANConfig
 
 TRANSFORMER_PREFIX = "first_stage_model."  # where a Net2NetTransformer checkpoint keeps its VQGAN
@@ -84,7 +85,7 @@ def load_vqgan(
     device=None,
     *,
     offline: bool | None = None,
-    quiet: bool = False,
+    progress: ProgressFn = ignore,
 ) -> VQGAN:
     """Load a taming VQGAN (VQModel or GumbelVQ, or a transformer's first stage), strictly, in eval mode.
 
@@ -93,9 +94,9 @@ def load_vqgan(
         config: the model's yaml (path or parsed dict); by default the registry's, or one beside the file.
         device: where to put the model (default CPU).
         offline: never download (default: VQCLIP_OFFLINE / HF_HUB_OFFLINE).
-        quiet: no download progress on stderr.
+        progress: receives the download's Progress events.
     """
-    ckpt_path, config = _resolve(checkpoint, config, offline, quiet)
+    ckpt_path, config = _resolve(checkpoint, config, offline, progress)
     data = config if isinstance(config, dict) else read_yaml(config)
     model = _build_vqgan(data, vqgan_state_dict(state_dict_of(read_checkpoint(ckpt_path))), str(ckpt_path))
     return model.to(device) if device is not None else model
@@ -114,13 +115,13 @@ def _build_vqgan(data: dict, sd: dict, source: str) -> VQGAN:
     return _build(VQGAN, vqgan_config(data), sd, source)
 
 
-def _resolve(checkpoint, config, offline, quiet):
+def _resolve(checkpoint, config, offline, progress):
     """(checkpoint path, config) for a registry name or a local path."""
     from vqclip.registry import fetch_model, looks_like_path
 
     path = Path(checkpoint).expanduser()
     if not looks_like_path(str(checkpoint)):
-        local = fetch_model(str(checkpoint), kind="vqgan", offline=offline, quiet=quiet)
+        local = fetch_model(str(checkpoint), kind="vqgan", offline=offline, progress=progress)
         return local.checkpoint, config if config is not None else local.config
     if not path.is_file():
         raise UsageError(f"VQGAN checkpoint {checkpoint} does not exist.")
@@ -158,11 +159,11 @@ def transformer_parts(data: dict):
     return cfg, conditioning
 
 
-def load_transformer(checkpoint: str | Path, config=None, device=None, *, offline=None, quiet=False):
+def load_transformer(checkpoint: str | Path, config=None, device=None, *, offline=None, progress: ProgressFn = ignore):
     """(GPT, VQGAN, Conditioning) from a taming Net2NetTransformer checkpoint, loaded strictly."""
     from vqclip.models.gpt import GPT
 
-    ckpt_path, config = _resolve(checkpoint, config, offline, quiet)
+    ckpt_path, config = _resolve(checkpoint, config, offline, progress)
     data = config if isinstance(config, dict) else read_yaml(config)
     gpt_cfg, conditioning = transformer_parts(data)
     sd = state_dict_of(read_checkpoint(ckpt_path))
@@ -179,13 +180,13 @@ def load_transformer(checkpoint: str | Path, config=None, device=None, *, offlin
     return gpt, vqgan, conditioning
 
 
-def resolve_upscaler(name: str, offline=None, quiet=False) -> Path:
+def resolve_upscaler(name: str, offline=None, progress: ProgressFn = ignore) -> Path:
     """An upscaler's weights: a registry name (downloaded and verified on first use) or a local file."""
     from vqclip.registry import fetch_model, looks_like_path
 
     if looks_like_path(name):
         return Path(name).expanduser()
-    return fetch_model(name, kind="upscaler", offline=offline, quiet=quiet).checkpoint
+    return fetch_model(name, kind="upscaler", offline=offline, progress=progress).checkpoint
 
 
 @dataclass
@@ -215,7 +216,7 @@ class Models:
         return record
 
 
-def load_models(cfg, offline: bool | None = None, quiet: bool = True) -> Models:
+def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore) -> Models:
     """Load (downloading on first use) the models a GenerationConfig names, frozen, on its device.
 
     The device is resolved first, so an unavailable one fails before any weights are read.
@@ -227,21 +228,21 @@ def load_models(cfg, offline: bool | None = None, quiet: bool = True) -> Models:
     dtype = resolve_precision(cfg.precision, device)
     gpt = conditioning = None
     if cfg.transformer:  # the GPT's codes belong to its own first stage: that is the VQGAN
-        gpt, vqgan, conditioning = load_transformer(cfg.transformer, device=device, offline=offline, quiet=quiet)
+        gpt, vqgan, conditioning = load_transformer(cfg.transformer, device=device, offline=offline, progress=progress)
         vqgan_name = f"{cfg.transformer} (first stage)"
         sha = _sha256(cfg.transformer, "transformer")
     else:
-        vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, quiet=quiet)
+        vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, progress=progress)
         vqgan_name, sha = cfg.vqgan, _sha256(cfg.vqgan, "vqgan")
-    clips = [load_clip(name, device=device, offline=offline) for name in cfg.clip]
+    clips = [load_clip(name, device=device, offline=offline, progress=progress) for name in cfg.clip]
     models = Models(vqgan, {"name": vqgan_name, "sha256": sha}, clips, device, dtype, gpt, conditioning)
     if cfg.upscale > 1:
-        load_upscaler_into(models, offline=offline, quiet=quiet)
+        load_upscaler_into(models, offline=offline, progress=progress)
     prepare_for_speed(models, cfg)
     return models
 
 
-def load_upscaler_into(models: Models, name: str | None = None, offline=None, quiet=True) -> None:
+def load_upscaler_into(models: Models, name: str | None = None, offline=None, progress: ProgressFn = ignore) -> None:
     """Load the upscaler (the registry's Real-ESRGAN by default) into `models`, once."""
     from vqclip.download import sha256_file
     from vqclip.pretrained import DEFAULT_UPSCALER
@@ -250,7 +251,7 @@ def load_upscaler_into(models: Models, name: str | None = None, offline=None, qu
     if models.upscaler is not None:
         return
     name = name or DEFAULT_UPSCALER
-    path = resolve_upscaler(name, offline=offline, quiet=quiet)
+    path = resolve_upscaler(name, offline=offline, progress=progress)
     models.upscaler = load_upscaler(path, models.device)
     models.upscaler_record = {"model": name, "sha256": sha256_file(path)}
 

@@ -212,13 +212,9 @@ def fetch_model(
     kind: str | None = None,
     offline: bool | None = None,
     progress: ProgressFn = ignore,
-    quiet: bool | None = None,
 ) -> LocalModel:
-    """Resolve a registry name to local files, downloading and verifying them on first use.
-
-    `quiet` is accepted, and ignored, until vqclip.loading passes `progress` instead (issue 13): nothing
-    here prints.
-    """
+    """Resolve a registry name to local files, downloading and verifying them on first use (progress as
+    Progress events; nothing here prints)."""
     spec = get_spec(name)
     accepted = {"vqgan": ("vqgan", "transformer")}.get(kind, (kind,)) if kind else KINDS
     if spec.kind not in accepted:

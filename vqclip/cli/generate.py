@@ -74,7 +74,7 @@ def load(cfg, offline: bool, reporter: Reporter):
     from vqclip.loading import load_models
 
     reporter.message("Loading models ...")
-    return load_models(cfg, offline=offline or None, quiet=reporter.mode == "none")
+    return load_models(cfg, offline=offline or None, progress=reporter)
 
 
 @cli.command()

@@ -69,6 +69,10 @@ class Reporter:
     # ---- events --------------------------------------------------------------------------------
 
     def __call__(self, event: Progress) -> None:
+        note = event.extra.get("note")
+        if note:  # a word from a long job (a download retrying, waiting for another process)
+            self.message(f"{event.stage}: {note}" if event.stage else note)
+            return
         if event.job != "batch":
             self.latest = event
         if self.mode == "json":

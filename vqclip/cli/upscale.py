@@ -41,7 +41,7 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
     name = model or DEFAULT_UPSCALER
     target_device = resolve_device(device)
     with Reporter("none" if quiet else "bar") as reporter:
-        path = resolve_upscaler(name, offline=offline or None, quiet=quiet)
+        path = resolve_upscaler(name, offline=offline or None, progress=reporter)
         upscaler = load_upscaler(path, target_device)
         record = {"model": name, "sha256": sha256_file(path), "factor": scale, "tile": tile}
         for source in images:
