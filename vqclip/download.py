@@ -37,8 +37,6 @@ from vqclip.cache import (
     hasher,
     is_verified,
     read_json,
-    read_stamp,
-    sha256_file,
     write_json,
     write_stamp,
 )
@@ -46,9 +44,7 @@ from vqclip.errors import ChecksumError, DownloadError, OfflineError
 from vqclip.events import Progress, ProgressFn, ignore
 from vqclip.filetypes import WEB_PAGE_TYPES, content_problem, looks_like_web_page
 
-# read_stamp and sha256_file live in vqclip.cache; they stay importable from here until the callers
-# that predate it (vqclip.loading, vqclip.job, the CLI) import them from there.
-__all__ = ["Target", "fetch", "offline_mode", "offline_reason", "read_stamp", "sha256_file"]
+__all__ = ["Target", "fetch", "offline_mode", "offline_reason"]
 
 NET_CHUNK = 1 << 16  # bytes per network read
 RETRIES = 3  # attempts per URL for transient failures (connection errors, timeouts, 5xx, short bodies)

@@ -36,7 +36,7 @@ def base_size(size: tuple[int, int], longer_side: int, f: int) -> tuple[int, int
 
 def resolve_inputs(cfg: GenerationConfig) -> tuple[GenerationConfig, dict]:
     """Input image paths made absolute (so a replay works from any folder), with each file's sha256."""
-    from vqclip.download import sha256_file
+    from vqclip.cache import sha256_file
     from vqclip.prompts import parse_prompt
 
     def absolute(path: str) -> str:

@@ -180,13 +180,19 @@ def load_transformer(checkpoint: str | Path, config=None, device=None, *, offlin
     return gpt, vqgan, conditioning
 
 
-def resolve_upscaler(name: str, offline=None, progress: ProgressFn = ignore) -> Path:
-    """An upscaler's weights: a registry name (downloaded and verified on first use) or a local file."""
+def resolve_upscaler(name: str, offline=None, progress: ProgressFn = ignore) -> tuple[Path, str]:
+    """An upscaler's weights and their sha256: a registry name (downloaded and verified on first use) or a
+    local file."""
+    from vqclip.cache import sha256_file
     from vqclip.registry import fetch_model, looks_like_path
 
     if looks_like_path(name):
-        return Path(name).expanduser()
-    return fetch_model(name, kind="upscaler", offline=offline, progress=progress).checkpoint
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UsageError(f"Upscaler weights {name} do not exist.")
+        return path, sha256_file(path)
+    local = fetch_model(name, kind="upscaler", offline=offline, progress=progress)
+    return local.checkpoint, local.sha256
 
 
 @dataclass
@@ -244,16 +250,15 @@ def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore)
 
 def load_upscaler_into(models: Models, name: str | None = None, offline=None, progress: ProgressFn = ignore) -> None:
     """Load the upscaler (the registry's Real-ESRGAN by default) into `models`, once."""
-    from vqclip.download import sha256_file
     from vqclip.pretrained import DEFAULT_UPSCALER
     from vqclip.upscale import load_upscaler
 
     if models.upscaler is not None:
         return
     name = name or DEFAULT_UPSCALER
-    path = resolve_upscaler(name, offline=offline, progress=progress)
+    path, sha256 = resolve_upscaler(name, offline=offline, progress=progress)
     models.upscaler = load_upscaler(path, models.device)
-    models.upscaler_record = {"model": name, "sha256": sha256_file(path)}
+    models.upscaler_record = {"model": name, "sha256": sha256}
 
 
 def prepare_for_speed(models: Models, cfg) -> None:
@@ -274,12 +279,9 @@ def prepare_for_speed(models: Models, cfg) -> None:
 
 def _sha256(name: str, kind: str) -> str | None:
     """A checkpoint's sha256: a registry file's download stamp, or the hash of a local file."""
-    from vqclip.download import read_stamp, sha256_file
+    from vqclip.cache import sha256_file
     from vqclip.registry import fetch_model, looks_like_path
 
     if looks_like_path(name):
         return sha256_file(Path(name).expanduser())
-    local = fetch_model(name, kind=kind, offline=True)  # already fetched: this only finds the files
-    if local.spec.path:  # a user entry pointing at a local file: no download stamp
-        return sha256_file(local.checkpoint)
-    return (read_stamp(local.checkpoint) or {}).get("sha256")
+    return fetch_model(name, kind=kind, offline=True).sha256  # already fetched: this only finds the files

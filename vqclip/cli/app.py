@@ -84,10 +84,12 @@ def _is_oom(err: BaseException) -> bool:
 
 
 def _fail(message: str, hint: str | None = None) -> None:
+    from rich.markup import escape
+
     console = err_console()
-    console.print(f"[bold red]Error:[/] {message}", highlight=False)
+    console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False)  # `[models.x]` is text, not markup
     if hint:
-        console.print(hint, highlight=False)
+        console.print(hint, highlight=False, markup=False)
 
 
 def main(argv=None) -> None:

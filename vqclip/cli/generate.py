@@ -129,7 +129,7 @@ def replay(image, output, overwrite, offline, quiet, progress):
 
 def check_inputs_unchanged(record: dict) -> None:
     """The input images a record names are where it says, with the same content."""
-    from vqclip.download import sha256_file
+    from vqclip.cache import sha256_file
 
     for path, digest in (record.get("inputs") or {}).items():
         if not Path(path).is_file():

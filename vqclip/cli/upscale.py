@@ -31,7 +31,6 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
     if output and len(images) > 1 and not (Path(output).is_dir() or output.endswith(("/", os.sep))):
         raise UsageError("-o must be a folder when several images are given.")
     from vqclip.device import resolve_device
-    from vqclip.download import sha256_file
     from vqclip.images import open_image
     from vqclip.loading import resolve_upscaler
     from vqclip.output import png_info, save_png
@@ -41,9 +40,9 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
     name = model or DEFAULT_UPSCALER
     target_device = resolve_device(device)
     with Reporter("none" if quiet else "bar") as reporter:
-        path = resolve_upscaler(name, offline=offline or None, progress=reporter)
+        path, sha256 = resolve_upscaler(name, offline=offline or None, progress=reporter)
         upscaler = load_upscaler(path, target_device)
-        record = {"model": name, "sha256": sha256_file(path), "factor": scale, "tile": tile}
+        record = {"model": name, "sha256": sha256, "factor": scale, "tile": tile}
         for source in images:
             big = upscale_image(upscaler, open_image(source), scale, tile, progress=reporter)
             texts = _png_texts(source)
