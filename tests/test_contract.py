@@ -210,3 +210,23 @@ def test_auto_precision_per_gpu_generation():
     for capability in [(6, 0), (6, 1), (7, 0), (7, 5)]:  # P100, GTX 10x0, V100, T4
         assert auto_cuda_dtype(capability) is torch.float16
     assert auto_cuda_dtype((5, 2)) is None
+
+
+def test_a_toml_clip_entry_can_name_a_local_config_json(f16, tiny_clip, tmp_path, isolated, vq):
+    config, weights = tiny_clip.rsplit(":", 1)
+    (isolated / "config.toml").write_text(f'[models.my-clip]\nkind = "clip"\npath = "{weights}"\nconfig = "{config}"\n')
+    args = ["--vqgan", f16, "--clip", "my-clip", "--size", "32", "--cutn", "2", "--steps", "1"]
+    r = vq("a cat", *args, "-o", tmp_path / "c.png", "-q")
+    assert r.returncode == 0, r.stderr.decode()
+    with Image.open(tmp_path / "c.png") as im:
+        assert json.loads(im.text["vqclip"])["models"]["clip"][0]["name"] == "my-clip"
+
+
+def test_validation_needs_no_torch(f16, tiny_clip):
+    code = (
+        "import sys; from vqclip.validate import validate; from vqclip.config import GenerationConfig; "
+        f"validate(GenerationConfig('a cat', vqgan={f16!r}, clip=({tiny_clip!r}, 'ViT-B-32/openai'))); "
+        "assert 'torch' not in sys.modules, 'validation imported torch'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()

@@ -38,38 +38,55 @@ class ClipSource:
     config_file: str | None = None
 
 
+def known_archs() -> set[str]:
+    """open_clip's architecture names, read from its model_configs folder without importing it (no torch),
+    plus any configs added to an already imported open_clip."""
+    import importlib.util
+    import sys
+
+    found = importlib.util.find_spec("open_clip")
+    names = {p.stem for p in (Path(found.origin).parent / "model_configs").glob("*.json")} if found else set()
+    if "open_clip" in sys.modules:
+        names |= set(sys.modules["open_clip"].list_models())
+    return names
+
+
+def _local_source(name: str, config: str, weights: str) -> ClipSource:
+    """Local files: an open_clip architecture name or a model-config JSON, and a weights file."""
+    weights_path = Path(weights).expanduser()
+    if not weights_path.is_file():
+        raise UsageError(f"CLIP weights file {weights} does not exist.")
+    if config.endswith(".json"):
+        config_path = Path(config).expanduser()
+        if not config_path.is_file():
+            raise UsageError(f"CLIP config file {config} does not exist.")
+        return ClipSource(name, config_path.stem, weights=str(weights_path), config_file=str(config_path))
+    return ClipSource(name, config, weights=str(weights_path))
+
+
 def parse_clip_name(name: str) -> ClipSource:
-    """Resolve a --clip value without loading anything (so bad names fail before heavy work)."""
+    """Resolve a --clip value without loading anything (so bad names fail before heavy work; no torch)."""
+    from vqclip.pretrained import clip_arch
+
     left, sep, right = name.rpartition(":")
     if (
         sep
         and right
         and (Path(right).expanduser().is_file() or right.endswith((".pt", ".pth", ".bin", ".safetensors")))
     ):
-        weights = Path(right).expanduser()
-        if not weights.is_file():
-            raise UsageError(f"CLIP weights file {right} does not exist.")
-        if left.endswith(".json"):
-            if not Path(left).expanduser().is_file():
-                raise UsageError(f"CLIP config file {left} does not exist.")
-            return ClipSource(name, Path(left).stem, weights=str(weights), config_file=str(Path(left).expanduser()))
-        return ClipSource(name, left, weights=str(weights))
+        return _local_source(name, left, right)
     from vqclip.registry import all_specs
 
     spec = all_specs().get(name)
     if spec is not None and spec.kind == "clip":
-        if spec.path:
-            return ClipSource(name, spec.clip_arch, weights=spec.path)
+        if spec.path:  # a user's entry for local files: `config` may be a model-config JSON
+            return _local_source(name, spec.local_config or spec.clip_arch, spec.path)
         return ClipSource(name, spec.clip_arch, tag=spec.clip_tag)
     arch, sep, tag = name.partition("/")
     if sep and arch and tag:
-        import open_clip
-
-        if arch not in open_clip.list_models():
+        if arch not in known_archs():
             raise UsageError(f"Unknown CLIP architecture {arch!r}.", "`vqclip models list` shows common choices.")
-        if tag == "openai" and not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
-            arch = f"{arch}-quickgelu"  # OpenAI weights were trained with QuickGELU
-        return ClipSource(name, arch, tag=tag)
+        return ClipSource(name, clip_arch(arch, tag), tag=tag)
     raise UsageError(
         f"Unknown CLIP model {name!r}.",
         "Use ARCH/TAG (e.g. ViT-B-32/openai), a registry name, or CONFIG.json:WEIGHTS for local files.",

@@ -249,14 +249,20 @@ _UPSCALERS = [
 ]
 
 
+def clip_arch(arch: str, tag: str) -> str:
+    """The open_clip architecture for weights: the OpenAI weights were trained with QuickGELU, and
+    open_clip's "-quickgelu" configs (one for each OpenAI ViT and ResNet) match them exactly."""
+    if tag == "openai" and arch.startswith(("ViT", "RN")) and not arch.endswith("-quickgelu"):
+        return f"{arch}-quickgelu"
+    return arch
+
+
 def _clip(arch: str, tag: str, description: str) -> WeightSpec:
-    # The OpenAI weights were trained with QuickGELU; open_clip's "-quickgelu" configs match them exactly.
-    oc_arch = f"{arch}-quickgelu" if tag == "openai" and arch.startswith(("ViT", "RN")) else arch
     return WeightSpec(
         name=f"{arch}/{tag}",
         kind="clip",
         description=description,
-        clip_arch=oc_arch,
+        clip_arch=clip_arch(arch, tag),
         clip_tag=tag,
         license="MIT (OpenAI CLIP)" if tag == "openai" else "MIT (open_clip)",
     )
