@@ -14,7 +14,7 @@ import pytest
 
 from tests.http_server import FileServer
 from vqclip import cache, download
-from vqclip.cache import Target, check_file, is_verified
+from vqclip.cache import FileTarget, check_file, is_verified
 from vqclip.download import fetch
 from vqclip.errors import CacheError, ChecksumError, DownloadError, OfflineError
 from vqclip.events import Progress
@@ -41,7 +41,7 @@ def online_fast_retries(monkeypatch):
 
 def _target(tmp_path, urls, server, published=True, **kw):
     """The fixture checkpoint as a registry file: with its published size and sha256, or with neither."""
-    return Target(
+    return FileTarget(
         tmp_path / "cache" / "model.ckpt",
         tuple(urls),
         size=len(server.data) if published else None,
@@ -185,7 +185,7 @@ def test_a_working_later_mirror_wins_on_the_first_run(tmp_path, served, fault, p
 
 
 def test_missing_content_length_and_unknown_hash_records_one(tmp_path, served):
-    target = Target(tmp_path / "c" / "model.ckpt", (f"{served.url}/nolength/model.ckpt",), content="checkpoint")
+    target = FileTarget(tmp_path / "c" / "model.ckpt", (f"{served.url}/nolength/model.ckpt",), content="checkpoint")
     path = fetch(target)
     assert path.read_bytes() == served.data
     assert cache.read_stamp(path)["sha256"] == served.sha  # recorded at the first download
@@ -296,7 +296,7 @@ def test_read_only_cache_with_correct_unstamped_file_is_used(tmp_path, served, m
 def test_cache_that_is_a_file_is_one_sentence(tmp_path, served):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    target = Target(blocker / "vqgan" / "model.ckpt", (f"{served.url}/ok/model.ckpt",), label="tiny")
+    target = FileTarget(blocker / "vqgan" / "model.ckpt", (f"{served.url}/ok/model.ckpt",), label="tiny")
     with pytest.raises(CacheError) as err:
         fetch(target)
     assert err.value.exit_code == 3
@@ -352,9 +352,9 @@ def test_two_processes_one_transfer_and_no_lock_left(tmp_path, served):
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from vqclip.cache import Target
+        from vqclip.cache import FileTarget
         from vqclip.download import fetch
-        t = Target(Path({str(tmp_path / "shared" / "model.ckpt")!r}), ({served.url + "/gate/model.ckpt"!r},),
+        t = FileTarget(Path({str(tmp_path / "shared" / "model.ckpt")!r}), ({served.url + "/gate/model.ckpt"!r},),
                    size={len(served.data)}, sha256={served.sha!r})
         path = fetch(t, progress=lambda e: "note" in e.extra and print(e.extra["note"], flush=True))
         print(path.stat().st_size)

@@ -102,7 +102,7 @@ def is_verified(path: Path, sha256: str | None = None) -> bool:
 
 
 @dataclass
-class Target:
+class FileTarget:
     """What to download and how to check it."""
 
     path: Path
@@ -118,7 +118,7 @@ class Target:
         return self.label or self.path.name
 
 
-def check_file(target: Target) -> str | None:
+def check_file(target: FileTarget) -> str | None:
     """Re-check the file at `target.path`: None when it is good (it is then stamped), else what is wrong.
 
     Size and sha256 where published; otherwise the sha256 recorded at its first download, and what it
@@ -143,7 +143,7 @@ def check_file(target: Target) -> str | None:
     return None
 
 
-def remove_cached(target: Target) -> None:
+def remove_cached(target: FileTarget) -> None:
     """Delete a cached file and its stamp (a bad file is fetched again on next use)."""
     with cache_errors(target.path.parent):
         target.path.unlink(missing_ok=True)

@@ -112,11 +112,11 @@ def _hub_files(source: ClipSource) -> tuple[str, tuple[str, ...]]:
 
 
 def hub_targets(source: ClipSource) -> list:
-    """The files a tag's weights may be downloaded as (vqclip.cache.Target), in the order to try them:
+    """The files a tag's weights may be downloaded as (vqclip.cache.FileTarget), in the order to try them:
     open_clip's Hub repo (safetensors, else the pickle), or the tag's own URL."""
     import huggingface_hub.constants as hf
 
-    from vqclip.cache import Target, cache_dir
+    from vqclip.cache import FileTarget, cache_dir
 
     cfg = _pretrained_cfg(source)
     repo, names = _hub_files(source)
@@ -129,7 +129,7 @@ def hub_targets(source: ClipSource) -> list:
     else:
         return []
     return [
-        Target(
+        FileTarget(
             folder / name,
             (url,),
             label=f"{source.name} ({name})",

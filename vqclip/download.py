@@ -30,7 +30,7 @@ from pathlib import Path
 import requests
 
 from vqclip.cache import (
-    Target,
+    FileTarget,
     cache_errors,
     check_file,
     download_lock,
@@ -44,7 +44,7 @@ from vqclip.errors import ChecksumError, DownloadError, OfflineError
 from vqclip.events import Progress, ProgressFn, ignore
 from vqclip.filetypes import WEB_PAGE_TYPES, content_problem, looks_like_web_page
 
-__all__ = ["Target", "fetch", "offline_mode", "offline_reason"]
+__all__ = ["FileTarget", "fetch", "offline_mode", "offline_reason"]
 
 NET_CHUNK = 1 << 16  # bytes per network read
 RETRIES = 3  # attempts per URL for transient failures (connection errors, timeouts, 5xx, short bodies)
@@ -78,7 +78,7 @@ def offline_mode(offline: bool | None = None) -> bool:
 # ---- fetch ---------------------------------------------------------------------------------------
 
 
-def fetch(target: Target, offline: bool | None = None, progress: ProgressFn = ignore, session=None) -> Path:
+def fetch(target: FileTarget, offline: bool | None = None, progress: ProgressFn = ignore, session=None) -> Path:
     """Download `target` into place unless a good copy is already there; return its path.
 
     Args:
@@ -104,7 +104,7 @@ def fetch(target: Target, offline: bool | None = None, progress: ProgressFn = ig
             return _fetch_locked(target, progress, session or requests.Session())
 
 
-def _offline_error(target: Target, reason: str, problem: str | None) -> OfflineError:
+def _offline_error(target: FileTarget, reason: str, problem: str | None) -> OfflineError:
     where = target.urls[0] if target.urls else "no known URL"
     how = f"Run `{target.fetch_command}`" if target.fetch_command else "Download it"
     state = f"in the cache is not usable ({problem})" if problem else "is not in the cache"
@@ -114,7 +114,7 @@ def _offline_error(target: Target, reason: str, problem: str | None) -> OfflineE
     )
 
 
-def _note(target: Target, text: str) -> Progress:
+def _note(target: FileTarget, text: str) -> Progress:
     return Progress("download", 0, target.size, unit="byte", stage=target.name, extra={"note": text})
 
 
@@ -130,7 +130,7 @@ class _Failure(Exception):
         return self.reason
 
 
-def _fetch_locked(target: Target, progress: ProgressFn, session) -> Path:
+def _fetch_locked(target: FileTarget, progress: ProgressFn, session) -> Path:
     failures = []
     for url in target.urls:
         failure = _try_url(url, target, progress, session)
@@ -142,7 +142,7 @@ def _fetch_locked(target: Target, progress: ProgressFn, session) -> Path:
     raise _all_failed(target, failures)
 
 
-def _try_url(url: str, target: Target, progress: ProgressFn, session) -> _Failure | None:
+def _try_url(url: str, target: FileTarget, progress: ProgressFn, session) -> _Failure | None:
     """Fetch from one URL, retrying transient failures with backoff; None once the file is in place."""
     delay = BACKOFF
     for attempt in range(1, RETRIES + 1):
@@ -162,14 +162,14 @@ def _try_url(url: str, target: Target, progress: ProgressFn, session) -> _Failur
     return failure
 
 
-def _install(target: Target, digest: str) -> None:
+def _install(target: FileTarget, digest: str) -> None:
     part = _part(target.path)
     os.replace(part, target.path)
     _record_path(part).unlink(missing_ok=True)
     write_stamp(target.path, digest)
 
 
-def _all_failed(target: Target, failures: list[_Failure]) -> DownloadError:
+def _all_failed(target: FileTarget, failures: list[_Failure]) -> DownloadError:
     tried = "; ".join(f"{f.url}: {f.reason}" for f in failures) or "no URL is known for this file"
     kinds = {f.kind for f in failures}
     cls = ChecksumError if kinds == {"mismatch"} else DownloadError
@@ -178,7 +178,7 @@ def _all_failed(target: Target, failures: list[_Failure]) -> DownloadError:
     return error
 
 
-def _hint(target: Target, kinds: set[str]) -> str:
+def _hint(target: FileTarget, kinds: set[str]) -> str:
     """Advice that fits what went wrong: connection advice only for connection failures."""
     advice = []
     if "network" in kinds:
@@ -203,7 +203,7 @@ def _record_path(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
-def _resumable(part: Path, url: str, target: Target) -> tuple[int, dict]:
+def _resumable(part: Path, url: str, target: FileTarget) -> tuple[int, dict]:
     """(bytes to resume from, the part's record): resume only this URL's own earlier bytes."""
     record = read_json(_record_path(part)) or {}
     have = part.stat().st_size if part.is_file() else 0
@@ -229,7 +229,7 @@ def _validator(resp) -> str | None:
     return resp.headers.get("Last-Modified")
 
 
-def _transfer(url: str, target: Target, progress: ProgressFn, session) -> str:
+def _transfer(url: str, target: FileTarget, progress: ProgressFn, session) -> str:
     """Stream `url` into `<file>.part`, resuming this URL's bytes; return the sha256 of the complete, checked file."""
     part = _part(target.path)
     have, record = _resumable(part, url, target)
@@ -274,7 +274,7 @@ def _total(resp) -> int | None:
     return int(length) if length.isdigit() and resp.status_code == 200 else None
 
 
-def _stream(resp, part: Path, target: Target, url: str, have: int, total: int | None, progress) -> str:
+def _stream(resp, part: Path, target: FileTarget, url: str, have: int, total: int | None, progress) -> str:
     """Append the body to `part` (or start it over when `have` is 0), hashing as it goes."""
     if hasattr(resp.raw, "enforce_content_length"):  # an overstated Content-Length must not cost the last bytes
         resp.raw.enforce_content_length = False
@@ -300,7 +300,7 @@ def _stream(resp, part: Path, target: Target, url: str, have: int, total: int | 
     return _finish(part, target, h)
 
 
-def _finish(part: Path, target: Target, h=None) -> str:
+def _finish(part: Path, target: FileTarget, h=None) -> str:
     """The digest of a complete part file; a wrong size, sha256 or content deletes it (never moved into place)."""
     size = part.stat().st_size
     if target.size is not None and size != target.size:

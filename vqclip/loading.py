@@ -214,7 +214,7 @@ class Models:
         """The precision that runs: fp32, bf16 or fp16."""
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
-    def record(self) -> dict:
+    def names(self) -> dict:
         """Names and sha256 of the models, for the metadata."""
         record = {"vqgan": self.vqgan_record, "clip": [{"name": c.name, "sha256": c.sha256} for c in self.clips]}
         if self.upscaler_record is not None:

@@ -15,7 +15,7 @@ def record(result) -> dict:
         "version": __version__,
         "config": result.config.to_dict(),
         "seed": result.config.seed,
-        "models": result.models,
+        "models": result.model_names,
         "device": result.device,  # as resolved: the device and the precision that ran
         "precision": result.precision,
         "loss": result.loss,

@@ -32,7 +32,7 @@ class Result:
     loss: float
     seconds: float
     steps_done: int
-    models: dict  # names and sha256 of the models used (Models.record())
+    model_names: dict  # names and sha256 of the models used (Models.names())
     device: str  # the device and precision that ran
     precision: str
     plan: object = None  # the memory plan the run used (vqclip.memory.Plan)
@@ -70,7 +70,7 @@ def run(
         loss,
         time.perf_counter() - start,
         done,
-        models.record(),
+        models.names(),
         str(models.device),
         models.precision,
         job.plan,

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqclip.cache import Target, cache_dir, is_verified, read_stamp, sha256_file
+from vqclip.cache import FileTarget, cache_dir, is_verified, read_stamp, sha256_file
 from vqclip.download import fetch
 from vqclip.errors import UsageError
 from vqclip.events import ProgressFn, ignore
@@ -171,7 +171,7 @@ def model_dir(spec: WeightSpec) -> Path:
 CHECKPOINT_CONTENT = {"vqgan": "checkpoint", "transformer": "checkpoint", "upscaler": "weights", "clip": "weights"}
 
 
-def targets(spec: WeightSpec) -> list[Target]:
+def targets(spec: WeightSpec) -> list[FileTarget]:
     """The files to download for an entry (checkpoint, then config), with their cache paths.
 
     CLIP entries fetched through open_clip's Hub names have none here (vqclip.clip_loading.hub_targets).
@@ -180,7 +180,7 @@ def targets(spec: WeightSpec) -> list[Target]:
     if spec.config is not None:
         files.append((spec.config, "taming-config"))
     return [
-        Target(
+        FileTarget(
             path=model_dir(spec) / file.filename,
             urls=file.urls,
             size=file.size,

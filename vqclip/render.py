@@ -80,7 +80,7 @@ class _Watcher:
             step.loss,
             0.0,
             step.i,
-            models.record(),
+            models.names(),
             str(models.device),
             models.precision,
             self.job.plan,

@@ -29,7 +29,7 @@ def _from_hub(spec) -> bool:
 
 
 def _files(spec) -> list:
-    """The cache files of an entry (vqclip.cache.Target), CLIP Hub files included."""
+    """The cache files of an entry (vqclip.cache.FileTarget), CLIP Hub files included."""
     from vqclip.registry import targets
 
     if _from_hub(spec):
