@@ -223,6 +223,8 @@ def test_a_signal_saves_the_latest_image_with_its_exit_code(f16, tiny_clip, tmp_
         "100000",
         "--progress",
         "json",
+        "--save-every",
+        "1",
         "-o",
         str(tmp_path / "cat.png"),
     ]
@@ -235,6 +237,7 @@ def test_a_signal_saves_the_latest_image_with_its_exit_code(f16, tiny_clip, tmp_
     assert proc.returncode == code, err
     partial = tmp_path / "cat.partial.png"  # never under the final name: a resumed batch redoes it
     assert out.strip() == str(partial) and not (tmp_path / "cat.png").exists()
+    assert not (tmp_path / "cat.progress.png").exists()  # the --save-every preview goes with the run
     assert f"Interrupted ({'Ctrl-C' if signame == 'SIGINT' else signame}) after" in err and str(partial) in err
     with Image.open(partial) as im:
         record = json.loads(im.text["vqclip"])
