@@ -130,7 +130,7 @@ def run_batch(
     on_saved: Callable[[Path], None] = lambda path: None,
     on_error: Callable[[int, UsageError], None] = lambda line, err: None,
 ) -> BatchSummary:
-    """Generate one image per prompt with the models loaded once (by `load(cfg)`, on the first image that
+    """Generate one image per prompt with the models loaded once (by `load(cfg, checked)`, on the first image that
     runs). Bad prompts are recorded in the manifest and skipped; an interrupted image is recorded as such
     (its latest image in NAME.partial.png) and the interruption goes on to the caller."""
     from vqclip.job import prepare
@@ -154,8 +154,8 @@ def run_batch(
                 summary.skipped += 1
                 continue
             cfg = replace(template, prompt=item.prompt, seed=seed)
-            validate(cfg)
-            models = models or load(cfg)
+            checked = validate(cfg)
+            models = models or load(cfg, checked)
             job = prepare(cfg, models)
             result = render(job, models, OutputOptions(path, options.overwrite), progress=progress)
             entry.update(path=str(result.path), loss=result.loss, status="ok")

@@ -269,14 +269,16 @@ def _root_logging_held() -> Iterator[list]:
         root.removeHandler(guard)
 
 
-def load_clip(name: str, device="cpu", offline: bool | None = None, progress: ProgressFn = ignore):
-    """Build an open_clip model with its weights, frozen, in eval mode: a `vqclip.models.clip.ClipModel`."""
+def load_clip(name: "str | ClipSource", device="cpu", offline: bool | None = None, progress: ProgressFn = ignore):
+    """Build an open_clip model with its weights, frozen, in eval mode: a `vqclip.models.clip.ClipModel`.
+    `name` is a --clip value, or the ClipSource that validation already resolved from one."""
     import open_clip
 
     from vqclip.checkpoint import load_strict
     from vqclip.models.clip import wrap_clip
 
-    source = parse_clip_name(name)
+    source = name if isinstance(name, ClipSource) else parse_clip_name(name)
+    name = source.name
     if source.config_file:
         cfg = json.loads(Path(source.config_file).read_text())
         if "model_cfg" in cfg:

@@ -222,13 +222,17 @@ class Models:
         return record
 
 
-def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore) -> Models:
+def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore, checked=None) -> Models:
     """Load (downloading on first use) the models a GenerationConfig names, frozen, on its device.
 
-    The device is resolved first, so an unavailable one fails before any weights are read.
+    `checked` is what vqclip.validate.validate(cfg) returned (the config is validated here when it is not
+    given). The device is resolved first, so an unavailable one fails before any weights are read.
     """
     from vqclip.clip_loading import load_clip
     from vqclip.device import resolve_device, resolve_precision
+    from vqclip.validate import validate
+
+    checked = checked or validate(cfg)
 
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
@@ -240,7 +244,7 @@ def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore)
     else:
         vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, progress=progress)
         vqgan_name, sha = cfg.vqgan, _sha256(cfg.vqgan, "vqgan")
-    clips = [load_clip(name, device=device, offline=offline, progress=progress) for name in cfg.clip]
+    clips = [load_clip(source, device=device, offline=offline, progress=progress) for source in checked.clips]
     models = Models(vqgan, {"name": vqgan_name, "sha256": sha}, clips, device, dtype, gpt, conditioning)
     if cfg.upscale > 1:
         load_upscaler_into(models, offline=offline, progress=progress)

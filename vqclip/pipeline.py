@@ -125,6 +125,6 @@ def generate(
     Returns a Result with the PIL image, the resolved config (seed and size filled in) and the loss.
     """
     cfg = prompt if isinstance(prompt, GenerationConfig) else replace(config or GenerationConfig(prompt), prompt=prompt)
-    validate(cfg)
-    models = models or load_models(cfg, offline=offline)
+    checked = validate(cfg)
+    models = models or load_models(cfg, offline=offline, progress=progress, checked=checked)
     return run(prepare(cfg, models), models, progress=progress, on_step=callback)

@@ -8,6 +8,7 @@ the places outputs go.
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from vqclip.config import GenerationConfig, default
@@ -67,7 +68,14 @@ def check_prompts(cfg: GenerationConfig) -> None:
         check_image(cfg.init_image, "Init image")
 
 
-def check_models(cfg: GenerationConfig) -> None:
+@dataclass(frozen=True)
+class Checked:
+    """What validation resolved, so that loading uses it instead of resolving the names again."""
+
+    clips: tuple  # a vqclip.clip_loading.ClipSource per --clip
+
+
+def check_models(cfg: GenerationConfig) -> Checked:
     """Model names that resolve (registry entries of the right kind, or files that exist)."""
     from vqclip.clip_loading import parse_clip_name
 
@@ -81,8 +89,7 @@ def check_models(cfg: GenerationConfig) -> None:
         _check_model(cfg.vqgan, ("vqgan", "transformer"), "VQGAN checkpoint")
     if cfg.vqgan_config is not None and not Path(cfg.vqgan_config).expanduser().is_file():
         raise UsageError(f"VQGAN config {cfg.vqgan_config} does not exist.")
-    for name in cfg.clip:
-        parse_clip_name(name)
+    return Checked(tuple(parse_clip_name(name) for name in cfg.clip))
 
 
 def _check_model(name: str, kinds: tuple[str, ...], what: str) -> None:
@@ -97,10 +104,10 @@ def _check_model(name: str, kinds: tuple[str, ...], what: str) -> None:
         raise UsageError(f"{name} is a {spec.kind} model, not a {' or '.join(kinds)} (see `vqclip models list`).")
 
 
-def validate(cfg: GenerationConfig) -> None:
-    """Everything about a run that can be checked without loading a model."""
+def validate(cfg: GenerationConfig) -> Checked:
+    """Everything about a run that can be checked without loading a model; returns what it resolved."""
     check_prompts(cfg)
-    check_models(cfg)
+    return check_models(cfg)
 
 
 def check_writable(directory: Path) -> None:

@@ -65,7 +65,7 @@ def _run(items, template, options, offline, reporter):
         items,
         template,
         options,
-        lambda cfg: load(cfg, offline, reporter),
+        lambda cfg, checked: load(cfg, offline, reporter, checked),
         progress=reporter,
         on_saved=lambda path: reporter.output(str(path)),
         on_error=on_error,

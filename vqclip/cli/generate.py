@@ -47,14 +47,14 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
 
     cfg = cfg.with_seed()  # fixed now: the file name and the metadata carry it
     path = output_path(output, default_name(default_stem(cfg), cfg.seed))
-    validate(cfg)
+    checked = validate(cfg)
     check_writable(path.parent)
     check_video(video)
     if frames == "-":
         STDOUT["taken"] = True
     out = OutputOptions(path, overwrite, save_every, sys.stdout.buffer if frames == "-" else frames, video)
     with Reporter(progress_mode) as reporter:
-        models = load(cfg, offline, reporter)
+        models = load(cfg, offline, reporter, checked)
         from vqclip.job import prepare
         from vqclip.render import render
 
@@ -70,11 +70,11 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
         reporter.message(f"The video is in {video}.")
 
 
-def load(cfg, offline: bool, reporter: Reporter):
+def load(cfg, offline: bool, reporter: Reporter, checked):
     from vqclip.loading import load_models
 
     reporter.message("Loading models ...")
-    return load_models(cfg, offline=offline or None, progress=reporter)
+    return load_models(cfg, offline=offline or None, progress=reporter, checked=checked)
 
 
 @cli.command()
