@@ -105,7 +105,6 @@ def zero_shot(model, images: torch.Tensor, labels: torch.Tensor, templates) -> d
     size = model.visual.image_size[0]
     x = normalise(F.interpolate(as_float(images), size=(size, size), mode="area"))
     img = F.normalize(torch.cat([model.encode_image(c) for c in x.split(256)]), dim=-1)
-    truth = class_index(labels)
     tokens = caption_tokens(templates)
     hits = torch.zeros(4)
     for t in range(len(templates)):
