@@ -115,7 +115,7 @@ def evaluate(model: VQGAN, images: torch.Tensor) -> dict:
 
 
 def main():
-    args = parser(__doc__.splitlines()[0], seed=0, steps=1500).parse_args()
+    args = parser(__doc__.splitlines()[0], seed=0, steps=800).parse_args()
     args.batch = 16
     started = time.perf_counter()
     rng = setup(args)
