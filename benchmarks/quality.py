@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 import vqclip
 from vqclip.config import GenerationConfig
 from vqclip.shapes import VQGAN, clip_spec
-from vqclip.shapes.judge import judge, load_judge
+from vqclip.shapes.judge import judge, load_judge, to_tensor
 from vqclip.shapes.scenes import BACKGROUNDS, COLOURS, SHAPES, all_classes, prompt
 
 RECORDS = (25, 50, 100, 200)
@@ -73,7 +73,7 @@ class Scorer:
     def __call__(self, image: Image.Image, case: Case) -> dict:
         verdict = judge(image, self.judge)[0]
         size = self.clip_b.input_size
-        x = F.interpolate(_tensor(image), size=(size, size), mode="area")
+        x = F.interpolate(to_tensor(image), size=(size, size), mode="area")
         embed = F.normalize(self.clip_b.encode_image(x).float(), dim=-1)[0]
         sims = self.captions @ embed
         truth = all_classes().index((case.shape, case.colour, case.background))
@@ -83,12 +83,6 @@ class Scorer:
             "clip_b_top1": int(sims.argmax()) == truth,
             "clip_b_similarity": round(float(sims[truth]), 4),
         }
-
-
-def _tensor(image: Image.Image) -> torch.Tensor:
-    from vqclip.shapes.judge import to_tensor
-
-    return to_tensor(image)
 
 
 def run_case(case: Case, cfg: GenerationConfig, models, scorer: Scorer, records=RECORDS) -> dict:
