@@ -136,12 +136,13 @@ def main():
     cut = Cutouts(spec["config"]["vision_cfg"]["image_size"], BATCH, augment=DEFAULT_AUGMENTS, noise_fac=0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=args.steps, pct_start=0.05)
+    generator = torch.Generator().manual_seed(args.seed)  # the cutouts' boxes, augmentations and noise
     log = Log(args.steps)
     model.train()
     for step in range(1, args.steps + 1):
         images, labels = renders(rng, BATCH)
         with torch.no_grad():
-            cuts = cut(as_float(images), cut.boxes(128, 128, "cpu"))  # box k cuts image k
+            cuts = cut(as_float(images), cut.draw(128, 128, generator))  # cutout k comes from image k
         loss = clip_loss(model, cuts, class_index(labels), tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
