@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import vqclip
 from vqclip.config import GenerationConfig
-from vqclip.shapes import VQGAN, clip_spec
+from vqclip.shapes import CLIP_A, CLIP_B, VQGAN
 from vqclip.shapes.judge import judge, load_judge, to_tensor
 from vqclip.shapes.scenes import BACKGROUNDS, COLOURS, SHAPES, all_classes, prompt
 
@@ -55,7 +55,7 @@ def suite(n: int = 24) -> list[Case]:
 
 def base_config(**overrides) -> GenerationConfig:
     """The suite's settings: vqclip's defaults, the shapes models, 128x128."""
-    settings = {"prompt": "-", "vqgan": str(VQGAN), "clip": (clip_spec("a"),), "size": (128, 128)}
+    settings = {"prompt": "-", "vqgan": VQGAN, "clip": (CLIP_A,), "size": (128, 128)}
     return GenerationConfig(**(settings | overrides))
 
 
@@ -64,7 +64,7 @@ class Scorer:
 
     def __init__(self):
         self.judge = load_judge()
-        cfg = base_config(clip=(clip_spec("b"),), precision="fp32", device="cpu")
+        cfg = base_config(clip=(CLIP_B,), precision="fp32", device="cpu")
         self.clip_b = vqclip.load_models(cfg).clips[0]
         self.captions = self.clip_b.encode_text([prompt(*c) for c in all_classes()])  # (90, D)
         self.captions = F.normalize(self.captions, dim=-1)
@@ -99,9 +99,9 @@ def run_case(case: Case, cfg: GenerationConfig, models, scorer: Scorer, records=
 
     def callback(state):
         clock["optimising"] += time.perf_counter() - clock["since"]
-        i = state["i"]
+        i = state.i
         if i % JUDGE_EVERY == 0 or i in records:
-            image = state["image"]()
+            image = state.image()
             if (
                 row["first_right_step"] is None
                 and judge(image, scorer.judge)[0].check(case.shape, case.colour, case.background)["all"]

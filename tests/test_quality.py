@@ -20,7 +20,7 @@ import torch
 
 import vqclip
 from vqclip.config import GenerationConfig
-from vqclip.shapes import VQGAN, clip_spec
+from vqclip.shapes import CLIP_A, CLIP_B, VQGAN
 from vqclip.shapes.judge import judge, load_judge
 from vqclip.shapes.scenes import prompt, render, sample_scene
 
@@ -31,8 +31,8 @@ PIN_PIXELS = [(5, 7), (20, 40), (32, 32), (50, 13), (60, 60)]  # (y, x) of the p
 def config(text: str, seed: int = 0, **overrides) -> GenerationConfig:
     settings = {
         "prompt": text,
-        "vqgan": str(VQGAN),
-        "clip": (clip_spec("a"),),
+        "vqgan": VQGAN,
+        "clip": (CLIP_A,),
         "size": (64, 64),
         "steps": 60,
         "cutn": 8,
@@ -91,8 +91,8 @@ def test_story_phases_change_the_judged_colour(models, the_judge):
     colours = {}
 
     def callback(state):
-        if state["i"] in (60, 120):
-            colours[state["i"]] = judge(state["image"](), the_judge)[0].colour
+        if state.i in (60, 120):
+            colours[state.i] = judge(state.image(), the_judge)[0].colour
 
     vqclip.generate(cfg, models=models, callback=callback)
     assert colours == {60: "red", 120: "blue"}
@@ -117,11 +117,11 @@ def test_two_clips_together_through_the_cli(the_judge, tmp_path):
     args = [
         prompt("triangle", "orange", "black"),
         "--vqgan",
-        str(VQGAN),
+        VQGAN,
         "--clip",
-        clip_spec("a"),
+        CLIP_A,
         "--clip",
-        clip_spec("b"),
+        CLIP_B,
     ]
     args += [
         "--size",

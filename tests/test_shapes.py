@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqclip.shapes import VQGAN, WEIGHTS, clip_spec
+from vqclip.shapes import CLIP_A, VQGAN, WEIGHTS
 from vqclip.shapes.judge import judge, load_judge
 from vqclip.shapes.scenes import (
     HELDOUT_TEMPLATES,
@@ -79,7 +79,7 @@ def test_shipped_weights_match_their_checksums():
 def test_vqgan_reconstructs_held_out_renders():
     import vqclip
 
-    vqgan = vqclip.load_vqgan(str(VQGAN))
+    vqgan = vqclip.load_vqgan(VQGAN)
     assert vqgan.factor == 8
     _, images = held_out(8)
     with torch.no_grad():
@@ -90,12 +90,19 @@ def test_vqgan_reconstructs_held_out_renders():
     assert psnr > 24, f"reconstruction PSNR {psnr:.1f} dB"
 
 
-@pytest.mark.parametrize("which", ["a", "b"])
-def test_clips_load_from_config_and_weights_and_classify_renders(which):
+@pytest.mark.parametrize(
+    "name",
+    [
+        CLIP_A,
+        f"{WEIGHTS / 'shapes-b.json'}:{WEIGHTS / 'shapes-b.pt'}",
+    ],  # the registry name, the CONFIG.json:WEIGHTS form
+    ids=["a", "b-as-files"],
+)
+def test_clips_load_and_classify_renders_zero_shot(name):
     import vqclip
     from vqclip.config import GenerationConfig
 
-    cfg = GenerationConfig(prompt="x", vqgan=str(VQGAN), clip=(clip_spec(which),), precision="fp32", device="cpu")
+    cfg = GenerationConfig(prompt="x", vqgan=VQGAN, clip=(name,), precision="fp32", device="cpu")
     clip = vqclip.load_models(cfg).clips[0]
     scenes, images = held_out(60)
     texts = [prompt(*c) for c in all_classes()]
@@ -105,7 +112,7 @@ def test_clips_load_from_config_and_weights_and_classify_renders(which):
     guess = (img @ txt.t()).argmax(1)
     truth = torch.tensor([all_classes().index((s.shape, s.colour, s.background)) for s in scenes])
     accuracy = (guess == truth).float().mean().item()
-    assert accuracy > 0.85, f"CLIP {which} zero-shot accuracy {accuracy:.0%}"
+    assert accuracy > 0.85, f"CLIP {name} zero-shot accuracy {accuracy:.0%}"
 
 
 def test_clip_weights_are_in_openai_layout():

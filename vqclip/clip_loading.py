@@ -48,8 +48,8 @@ def parse_clip_name(name: str) -> ClipSource:
 
     spec = all_specs().get(name)
     if spec is not None and spec.kind == "clip":
-        if spec.path:
-            return ClipSource(name, spec.clip_arch, weights=spec.path)
+        if spec.path:  # local weights, with their open_clip model config when the arch is not built in
+            return ClipSource(name, spec.clip_arch, weights=spec.path, config_file=spec.local_config)
         return ClipSource(name, spec.clip_arch, tag=spec.clip_tag)
     arch, sep, tag = name.partition("/")
     if sep and arch and tag:

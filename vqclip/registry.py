@@ -153,13 +153,13 @@ def fetch_model(name: str, kind: str | None = None, offline: bool | None = None,
 
 def status(spec: WeightSpec) -> tuple[bool, bool]:
     """(cached, verified) for an entry's downloadable files; CLIP entries are asked of open_clip's cache."""
+    if spec.path:
+        return Path(spec.path).is_file(), Path(spec.path).is_file()
     if spec.kind == "clip" and spec.checkpoint is None:
         from vqclip.clip_loading import clip_cached
 
         cached = clip_cached(spec)
         return cached, cached
-    if spec.path:
-        return Path(spec.path).is_file(), Path(spec.path).is_file()
     files = targets(spec)
     cached = all(t.path.is_file() for t in files)
     return cached, cached and all(is_verified(t.path, t.sha256) for t in files)
