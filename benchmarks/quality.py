@@ -59,42 +59,29 @@ def base_config(**overrides) -> GenerationConfig:
     return GenerationConfig(**(settings | overrides))
 
 
-class Scorer:
-    """The judge and CLIP B, scoring images against a case."""
+class ClipB:
+    """CLIP B, which did not guide: does it rank the prompt's class caption first among all 90?"""
 
     def __init__(self):
-        self.judge = load_judge()
         cfg = base_config(clip=(CLIP_B,), precision="fp32", device="cpu")
-        self.clip_b = vqclip.load_models(cfg).clips[0]
-        self.captions = self.clip_b.encode_text([prompt(*c) for c in all_classes()])  # (90, D)
-        self.captions = F.normalize(self.captions, dim=-1)
+        self.clip = vqclip.load_models(cfg).clips[0]
+        self.captions = F.normalize(self.clip.encode_text([prompt(*c) for c in all_classes()]), dim=-1)  # (90, D)
 
     @torch.no_grad()
     def __call__(self, image: Image.Image, case: Case) -> dict:
-        verdict = judge(image, self.judge)[0]
-        size = self.clip_b.input_size
+        size = self.clip.input_size
         x = F.interpolate(to_tensor(image), size=(size, size), mode="area")
-        embed = F.normalize(self.clip_b.encode_image(x).float(), dim=-1)[0]
-        sims = self.captions @ embed
+        sims = self.captions @ F.normalize(self.clip.encode_image(x).float(), dim=-1)[0]
         truth = all_classes().index((case.shape, case.colour, case.background))
-        return {
-            "judge": str(verdict),
-            "right": verdict.check(case.shape, case.colour, case.background),
-            "clip_b_top1": int(sims.argmax()) == truth,
-            "clip_b_similarity": round(float(sims[truth]), 4),
-        }
+        return {"clip_b_top1": int(sims.argmax()) == truth, "clip_b_similarity": round(float(sims[truth]), 4)}
 
 
-def run_case(case: Case, cfg: GenerationConfig, models, scorer: Scorer, records=RECORDS) -> dict:
-    """One prompt: scores at each recorded step, first step (and seconds) the judge calls it right."""
+def run_case(case: Case, cfg: GenerationConfig, models, the_judge, records=RECORDS) -> dict:
+    """One prompt: the judge's verdict and the image at each recorded step, and the first step (and
+    seconds of optimisation) at which the judge calls the image right."""
     cfg = replace(cfg, prompt=case.prompt, seed=case.seed, steps=max(records))
-    row = {
-        "prompt": case.prompt,
-        "seed": case.seed,
-        "records": [],
-        "first_right_step": None,
-        "first_right_seconds": None,
-    }
+    row = {"case": case, "prompt": case.prompt, "seed": case.seed, "records": [], "images": []}
+    row |= {"first_right_step": None, "first_right_seconds": None}
     clock = {"optimising": 0.0, "since": time.perf_counter()}
 
     def callback(state):
@@ -102,33 +89,39 @@ def run_case(case: Case, cfg: GenerationConfig, models, scorer: Scorer, records=
         i = state.i
         if i % JUDGE_EVERY == 0 or i in records:
             image = state.image()
-            if (
-                row["first_right_step"] is None
-                and judge(image, scorer.judge)[0].check(case.shape, case.colour, case.background)["all"]
-            ):
+            verdict = judge(image, the_judge)[0]
+            right = verdict.check(case.shape, case.colour, case.background)
+            if row["first_right_step"] is None and right["all"]:
                 row["first_right_step"], row["first_right_seconds"] = i, round(clock["optimising"], 2)
             if i in records:
-                row["records"].append({"step": i, "seconds": round(clock["optimising"], 2), **scorer(image, case)})
-                row["image"] = image
-        clock["since"] = time.perf_counter()
+                seconds = round(clock["optimising"], 2)
+                row["records"].append({"step": i, "seconds": seconds, "judge": str(verdict), "right": right})
+                row["images"].append(image)
+        clock["since"] = time.perf_counter()  # the judging above is not the optimisation's time
 
     vqclip.generate(cfg, models=models, callback=callback)
     return row
 
 
 def run_suite(cases: list[Case], records=RECORDS, log=print, **overrides) -> list[dict]:
-    """Every case with the given settings (GenerationConfig fields); the models load once."""
+    """Every case with the given settings (GenerationConfig fields); the models load once. CLIP B scores
+    the recorded images afterwards."""
     cfg = base_config(**overrides)
     models = vqclip.load_models(cfg)
-    scorer = Scorer()
+    the_judge = load_judge()
     rows = []
     for case in cases:
-        row = run_case(case, cfg, models, scorer, records)
+        row = run_case(case, cfg, models, the_judge, records)
         last = row["records"][-1]
         log(
-            f"{case.prompt!r:48} seed {case.seed}: judged {last['judge']!r} right={last['right']['all']} first right at {row['first_right_step']} ({last['seconds']:.0f} s)"
+            f"{case.prompt!r:48} seed {case.seed}: judged {last['judge']!r} right={last['right']['all']} "
+            f"first right at {row['first_right_step']} ({last['seconds']:.0f} s)"
         )
         rows.append(row)
+    clip_b = ClipB()
+    for row in rows:
+        for record, image in zip(row["records"], row["images"], strict=True):
+            record.update(clip_b(image, row["case"]))
     return rows
 
 
@@ -187,7 +180,7 @@ def contact_sheet(rows: list[dict], path: Path, columns: int = 6) -> None:
     font = ImageFont.load_default(size=9)
     for k, row in enumerate(rows):
         x, y = (k % columns) * (side + 4) + 2, (k // columns) * (side + text_h + 4) + 2
-        sheet.paste(row["image"], (x, y))
+        sheet.paste(row["images"][-1], (x, y))
         last = row["records"][-1]
         mark = "ok" if last["right"]["all"] else "WRONG"
         short = row["prompt"].removeprefix("a ").replace(" background", "")
@@ -257,7 +250,7 @@ def main():
                         "label": args.label,
                         "settings": overrides,
                         "machine": env,
-                        **{k: v for k, v in row.items() if k != "image"},
+                        **{k: v for k, v in row.items() if k not in ("case", "images")},
                     }
                 )
                 + "\n"
