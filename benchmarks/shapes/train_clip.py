@@ -104,7 +104,8 @@ def clip_loss(model, images, classes, tokens) -> torch.Tensor:
 @torch.no_grad()
 def zero_shot(model, images: torch.Tensor, labels: torch.Tensor, templates) -> dict:
     """Accuracy of the nearest caption (each phrasing on its own, averaged) on whole renders at input size."""
-    size = model.visual.image_size[0]
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size  # a ViT keeps (h, w), a ResNet an int
     x = normalise(F.interpolate(as_float(images), size=(size, size), mode="area"))
     img = F.normalize(torch.cat([model.encode_image(c) for c in x.split(256)]), dim=-1)
     tokens = caption_tokens(templates)
