@@ -103,25 +103,25 @@ def run_case(case: Case, cfg: GenerationConfig, models, the_judge, records=RECOR
     return row
 
 
-def run_suite(cases: list[Case], records=RECORDS, log=print, **overrides) -> list[dict]:
+def run_suite(cases: list[Case], records=RECORDS, log=print, sink=None, **overrides) -> list[dict]:
     """Every case with the given settings (GenerationConfig fields); the models load once. CLIP B scores
-    the recorded images afterwards."""
+    each case's recorded images after its run; `sink(row)` gets each finished row (partial results survive)."""
     cfg = base_config(**overrides)
     models = vqclip.load_models(cfg)
-    the_judge = load_judge()
+    the_judge, clip_b = load_judge(), ClipB()
     rows = []
     for case in cases:
         row = run_case(case, cfg, models, the_judge, records)
+        for record, image in zip(row["records"], row["images"], strict=True):
+            record.update(clip_b(image, case))
         last = row["records"][-1]
         log(
             f"{case.prompt!r:48} seed {case.seed}: judged {last['judge']!r} right={last['right']['all']} "
             f"first right at {row['first_right_step']} ({last['seconds']:.0f} s)"
         )
+        if sink is not None:
+            sink(row)
         rows.append(row)
-    clip_b = ClipB()
-    for row in rows:
-        for record, image in zip(row["records"], row["images"], strict=True):
-            record.update(clip_b(image, row["case"]))
     return rows
 
 
@@ -239,22 +239,16 @@ def main():
         overrides["augment"] = () if args.augment == "none" else tuple(args.augment.split(","))
     records = tuple(r for r in RECORDS if r <= args.steps)
     env = machine()
-    rows = run_suite(suite(args.cases), records, **overrides)
-    env["load_after"] = [round(v, 2) for v in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / f"{args.label}.jsonl", "w") as f:
-        for row in rows:
-            f.write(
-                json.dumps(
-                    {
-                        "label": args.label,
-                        "settings": overrides,
-                        "machine": env,
-                        **{k: v for k, v in row.items() if k not in ("case", "images")},
-                    }
-                )
-                + "\n"
-            )
+
+        def sink(row):
+            env["load_now"] = [round(v, 2) for v in os.getloadavg()]
+            fields = {k: v for k, v in row.items() if k not in ("case", "images")}
+            f.write(json.dumps({"label": args.label, "settings": overrides, "machine": env, **fields}) + "\n")
+            f.flush()
+
+        rows = run_suite(suite(args.cases), records, sink=sink, **overrides)
     contact_sheet(rows, args.out / f"{args.label}.png")
     summary, first = summarise(rows), first_right(rows)
     print(f"\n{args.label}: {len(rows)} prompts, settings {overrides or 'default'}; {env}\n")
