@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= city during a rainy night
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/vqclip "$(PROMPT)"
+
+# No network at all: the shapes world's small trained models ship inside the package (vqclip/shapes/).
+demo: $(STAMP)
+	VQCLIP_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/vqclip "a red star on a white background" --vqgan shapes_f8 \
+		--clip shapes-a --size 128 --steps 100 --seed 1 -o demo.png --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check vqclip tests $(wildcard benchmarks)

@@ -7,6 +7,7 @@ sha256 is recorded beside the file and checked from then on. Users add entries i
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,33 @@ _CLIPS = [
     _clip("ViT-B-32", "laion2b_s34b_b79k", "LAION-2B CLIP ViT-B/32, 224 px"),
 ]
 
-PRETRAINED: dict[str, WeightSpec] = {s.name: s for s in _VQGANS + _TRANSFORMERS + _UPSCALERS + _CLIPS}
+# The shapes world's small models ship inside the package (vqclip/shapes/weights, checked by its SHA256SUMS):
+# local paths, never downloaded, so `--vqgan shapes_f8 --clip shapes-a` works with no network at all.
+_SHAPES_WEIGHTS = Path(__file__).parent / "shapes" / "weights"
+_SHAPES = [
+    WeightSpec(
+        name="shapes_f8",
+        kind="vqgan",
+        description="shapes world VQGAN, f=8, 512 codes (trained on renders; ships with vqclip)",
+        license="MIT",
+        path=str(_SHAPES_WEIGHTS / "shapes_f8.ckpt"),
+        local_config=str(_SHAPES_WEIGHTS / "shapes_f8.yaml"),
+    ),
+    *(
+        WeightSpec(
+            name=f"shapes-{which}",
+            kind="clip",
+            description=f"shapes world CLIP {which.upper()}, 48 px ({role}; ships with vqclip)",
+            clip_arch=f"shapes-{which}",
+            license="MIT",
+            path=str(_SHAPES_WEIGHTS / f"shapes-{which}.pt"),
+            local_config=str(_SHAPES_WEIGHTS / f"shapes-{which}.json"),  # the open_clip model config
+        )
+        for which, role in (("a", "guides the quality benchmark"), ("b", "scores it"))
+    ),
+]
+
+PRETRAINED: dict[str, WeightSpec] = {s.name: s for s in _VQGANS + _TRANSFORMERS + _UPSCALERS + _CLIPS + _SHAPES}
 
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 DEFAULT_CLIP = "ViT-B-32/openai"

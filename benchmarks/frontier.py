@@ -1,0 +1,111 @@
+"""The quality-time frontier in the shapes world: the quality suite (benchmarks/quality.py) under one
+setting changed at a time (cutouts, each augmentation, learning rate, cut_pow, precision), as judge
+accuracy against wall-clock seconds. Writes JSON lines, a markdown table and a plot (needs the `bench`
+extra: matplotlib):
+
+    python benchmarks/frontier.py --cases 12 --steps 100
+
+Tiny models are not the real ones: read the result as a hint, not as evidence for new defaults.
+"""
+
+import json
+import os
+
+import torch
+from quality import RECORDS, first_right, machine, run_suite, settings_parser, suite, summarise
+
+from vqclip.config import DEFAULT_AUGMENTS
+
+
+def variants() -> dict[str, dict]:
+    """Label -> GenerationConfig overrides; "default" is vqclip's defaults (bf16 autocast where it is fast)."""
+    out = {"default": {}}
+    out |= {f"cutn {n}": {"cutn": n} for n in (8, 16, 64)}
+    out |= {f"no {a}": {"augment": tuple(x for x in DEFAULT_AUGMENTS if x != a)} for a in DEFAULT_AUGMENTS}
+    out["no augmentations"] = {"augment": ()}
+    out |= {f"lr {lr}": {"lr": lr} for lr in (0.05, 0.2)}
+    out |= {f"cut_pow {p}": {"cut_pow": p} for p in (0.5, 2.0)}
+    out["fp32"] = {"precision": "fp32"}
+    out["bf16"] = {"precision": "bf16"}
+    return out
+
+
+def plot(table: dict[str, list[dict]], path) -> None:
+    """Accuracy (all three right) against mean seconds, one line per setting through its recorded steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for label, summary in table.items():
+        xs, ys = [s["seconds"] for s in summary], [100 * s["all"] for s in summary]
+        style = {"color": "black", "linewidth": 2.5} if label == "default" else {"alpha": 0.8}
+        ax.plot(xs, ys, marker="o", label=label, **style)
+    ax.set_xlabel("seconds of optimisation per image (mean)")
+    ax.set_ylabel("judged fully right (%)")
+    ax.set_title("Shapes world: quality against time (points at the recorded steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(table: dict[str, list[dict]], firsts: dict[str, dict]) -> str:
+    steps = [s["step"] for s in next(iter(table.values()))]
+    head = " | ".join(f"all @{s}" for s in steps)
+    lines = [
+        f"| setting | {head} | shape @{steps[-1]} | colour @{steps[-1]} | CLIP B @{steps[-1]} | s/step | median s to right |",
+        "|---|" + "---:|" * (len(steps) + 5),
+    ]
+    for label, summary in table.items():
+        accs = " | ".join(f"{s['all']:.0%}" for s in summary)
+        last = summary[-1]
+        lines.append(
+            f"| {label} | {accs} | {last['shape']:.0%} | {last['colour']:.0%} | {last['clip_b_top1']:.0%} | "
+            f"{last['seconds_per_step']:.3f} | {firsts[label]['median_seconds']} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    p = settings_parser(__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--only", help="comma-separated labels to run (default: all)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    records = tuple(r for r in RECORDS if r <= args.steps)
+    chosen = variants()
+    if args.only:
+        chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    table, firsts = {}, {}
+    with open(args.out / "frontier.jsonl", "w") as f:
+        for label, overrides in chosen.items():
+            env = machine()
+            rows = run_suite(suite(args.cases), records, log=lambda _: None, **overrides)
+            env["load_after"] = [round(v, 2) for v in os.getloadavg()]
+            table[label], firsts[label] = summarise(rows), first_right(rows)
+            f.write(
+                json.dumps(
+                    {
+                        "label": label,
+                        "settings": overrides,
+                        "machine": env,
+                        "summary": table[label],
+                        "first_right": firsts[label],
+                    }
+                )
+                + "\n"
+            )
+            f.flush()
+            print(
+                f"{label}: {[round(s['all'], 3) for s in table[label]]} {table[label][-1]['seconds_per_step']:.3f} s/step load {env['load_after']}",
+                flush=True,
+            )
+    print(markdown(table, firsts))
+    plot(table, args.out / "frontier.png")
+
+
+if __name__ == "__main__":
+    main()
