@@ -230,3 +230,37 @@ def test_validation_needs_no_torch(f16, tiny_clip):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["a cat", "--device", "cuda"], "no CUDA device is available"),
+        (["a cat", "--video", "out.mp4"], "--video needs ffmpeg"),
+        (["a cat", "-p", "a dog"], "Give the prompt once"),
+        (["-p", "a dog", "-s", "512", "384"], "--size takes one value, WIDTHxHEIGHT (e.g. -s 512x384)"),
+    ],
+)
+def test_unusable_requests_fail_before_any_weights_are_read(tmp_path, vq, monkeypatch, args, message):
+    import shutil
+
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no ffmpeg, whatever this machine has
+    r = vq(*args, "--offline", cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr.decode(), r.stderr.decode()
+    assert "not in the cache" not in r.stderr.decode()  # nothing was looked up
+
+
+def test_reference_spellings_and_help_texts(f16, tiny_clip, tmp_path, vq):
+    r = vq("-p", "a cat", *tiny_args(f16, tiny_clip), "--iterations", "1", "-o", tmp_path / "c.png", "-q")
+    assert r.returncode == 0, r.stderr.decode()
+    with Image.open(tmp_path / "c.png") as im:
+        assert im.text["parameters"].startswith("a cat\nSteps: 1,")
+    batch_help = vq("batch", "--help").stdout.decode()
+    assert "[default: 0]" in " ".join(batch_help.split()) and "random" not in batch_help
+    for command in ("replay", "upscale"):
+        text = vq(command, "--help").stdout.decode()
+        for option in ("--overwrite", "--quiet", "--offline"):
+            line = next(x for x in text.splitlines() if option in x)
+            assert len(line.split(option, 1)[1].strip()) > 3, (command, line)  # the option says what it does
