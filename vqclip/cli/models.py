@@ -24,8 +24,9 @@ def _human(size: int | None) -> str:
 
 
 def _from_hub(spec) -> bool:
-    """CLIP entries whose weights open_clip names on the Hugging Face Hub (vqclip.clip_loading)."""
-    return spec.kind == "clip" and spec.checkpoint is None
+    """CLIP entries whose weights open_clip names on the Hugging Face Hub (vqclip.clip_loading); not those
+    with local files (a user's, or the shapes world's shipped inside the package)."""
+    return spec.kind == "clip" and spec.checkpoint is None and not spec.path
 
 
 def _files(spec) -> list:
