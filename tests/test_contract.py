@@ -187,20 +187,21 @@ def test_a_record_that_is_not_json_is_one_sentence(tmp_path, vq):
     assert r.returncode == 2 and "not a valid record" in r.stderr.decode()
 
 
-def test_bf16_runs_keep_fp32_pixels_and_record_what_ran(f16, tiny_clip):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_runs_keep_fp32_pixels_and_record_what_ran(f16, tiny_clip, precision):
     import vqclip
     from vqclip.images import to_pil
     from vqclip.metadata import record
     from vqclip.optimize import decode_image
 
     cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=2, cutn=2, seed=1)
-    result = vqclip.generate(replace(cfg, precision="bf16"))
+    result = vqclip.generate(replace(cfg, precision=precision))
     vqgan = vqclip.load_vqgan(f16)
     vqgan.use_channels_last()  # the layout a run decodes in (a layout, not a precision)
     fp32 = to_pil(decode_image(vqgan, result.latent))
     assert result.image.tobytes() == fp32.tobytes()  # the final PNG is the fp32 decode of the latent
     meta = record(result)
-    assert meta["precision"] == "bf16" and meta["device"] == "cpu"
+    assert meta["precision"] == precision and meta["device"] == "cpu"  # what ran, also fp16 on a CPU
 
 
 def test_auto_precision_per_gpu_generation():

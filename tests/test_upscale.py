@@ -134,3 +134,13 @@ def test_generate_with_an_unavailable_upscaler_fails_before_the_run(fixtures, ti
     r = vq("a cat", *args, "--steps", "2", "--upscale", "4", "--offline", "--progress", "json", cwd=tmp_path)
     assert r.returncode == 3, r.stderr.decode()
     assert b"realesrgan_x4plus" in r.stderr and b'"job": "optimize"' not in r.stderr  # no step was run for nothing
+
+
+def test_an_upscaled_image_replays_with_its_upscale(fixtures, tiny_clip, tiny_esrgan, tmp_path, isolated, vq):
+    (isolated / "config.toml").write_text(f'[models.realesrgan_x4plus]\nkind = "upscaler"\npath = "{tiny_esrgan}"\n')
+    args = tiny_args(fixtures / "vqgan_tiny_f16.ckpt", tiny_clip, size=32)
+    assert vq("a cat", *args, "--steps", "2", "--upscale", "2", "-o", tmp_path / "up.png", "-q").returncode == 0
+    r = vq("replay", tmp_path / "up.png", "-o", tmp_path / "again.png", "-q")
+    assert r.returncode == 0, r.stderr.decode()
+    with Image.open(tmp_path / "up.png") as a, Image.open(tmp_path / "again.png") as b:
+        assert b.size == (64, 64) and a.convert("RGB").tobytes() == b.convert("RGB").tobytes()
