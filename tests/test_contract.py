@@ -265,3 +265,11 @@ def test_reference_spellings_and_help_texts(f16, tiny_clip, tmp_path, vq):
         for option in ("--overwrite", "--quiet", "--offline"):
             line = next(x for x in text.splitlines() if option in x)
             assert len(line.split(option, 1)[1].strip()) > 3, (command, line)  # the option says what it does
+
+
+def test_main_in_process_leaves_the_callers_signal_handlers_alone(vq):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    assert vq("--version").returncode == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before

@@ -61,15 +61,19 @@ def _on_signal(signum, frame):
     raise Interrupted(name, SIGNALS[name])
 
 
-def _handle_signals() -> None:
+def _handle_signals() -> dict:
     """SIGTERM (Slurm, `timeout`, `docker stop`) and SIGHUP (a dropped SSH session) stop a run like Ctrl-C:
-    the latest image is saved (vqclip.render) and the process exits 143 / 129."""
+    the latest image is saved (vqclip.render) and the process exits 143 / 129. Returns the handlers they
+    replaced, for `main()` to put back (it may be called in-process, from a program of the user's)."""
+    previous = {}
     for name in SIGNALS:
         if hasattr(signal, name):
+            number = getattr(signal, name)
             try:
-                signal.signal(getattr(signal, name), _on_signal)
+                previous[number] = signal.signal(number, _on_signal)
             except ValueError:  # not the main thread (main() called from a worker): leave them be
-                return
+                break
+    return previous
 
 
 def _silence_stdout() -> None:
@@ -97,7 +101,15 @@ def main(argv=None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in args or bool(os.environ.get("VQCLIP_DEBUG"))
     STDOUT["taken"] = False
-    _handle_signals()
+    previous = _handle_signals()
+    try:
+        _run(argv, debug)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _run(argv, debug: bool) -> None:
     try:
         cli.main(args=argv, prog_name="vqclip", standalone_mode=False)
     except click.exceptions.Abort:
