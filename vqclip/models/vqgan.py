@@ -59,7 +59,12 @@ class _FrozenConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         conv = ctx.conv
-        stand_in = grad.new_empty(1).expand(ctx.shape)  # only its shape is read
+        # The input's place: only its shape and layout are read. Allocated, never touched (no memory
+        # is committed); a broadcast stand-in would be copied out to a full tensor in the input's layout.
+        layout = (
+            torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        )
+        stand_in = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
         dx = torch.ops.aten.convolution_backward(
             grad,
             stand_in,
