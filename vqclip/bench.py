@@ -177,7 +177,7 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     counter itself holds memory). Like a single run, it drops the text towers once the prompts are encoded."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vqclip.memory import release_freed_memory
+    from vqclip.memory import drop_text_towers
 
     torch.manual_seed(0)
     w, h = cfg.size
@@ -185,9 +185,7 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     z = models.vqgan.embed(torch.randint(models.vqgan.config.n_embed, (1, h // f, w // f))).to(models.device)
     generator = torch.Generator().manual_seed(0)
     targets = guides(models, cfg, generator)
-    for clip in models.clips:
-        clip.drop_text_tower()
-    release_freed_memory()
+    drop_text_towers(models)
     reset_peak_memory(models.device)
     chunk = plan.clip_chunk if plan else None
     models.vqgan.set_checkpointing(bool(plan and plan.checkpointing))

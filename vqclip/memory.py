@@ -177,13 +177,14 @@ def _glibc():
         return None
 
 
-def keep_freed_memory() -> bool:
-    """Serve large CPU tensors from the heap and keep freed memory for the next step, instead of mapping
-    and unmapping it per tensor (glibc only; returns whether it applied)."""
+def keep_freed_memory(mmap_threshold: int = 32 * 2**20) -> bool:
+    """Keep freed CPU memory for the next step instead of returning it to the system and faulting it in
+    again (glibc only; returns whether it applied). Blocks above `mmap_threshold` are still mapped per
+    tensor: on the heap they fragment it (512x512 fp32: 34% more peak memory)."""
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 2**30) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def release_freed_memory() -> None:
@@ -191,3 +192,11 @@ def release_freed_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def drop_text_towers(models) -> None:
+    """Free every CLIP's text tower and give its memory back: for a run whose prompts are all encoded
+    (a single image; a batch encodes new prompts per image and keeps them). The plan's `text_towers=False`."""
+    for clip in models.clips:
+        clip.drop_text_tower()
+    release_freed_memory()
