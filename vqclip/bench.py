@@ -1,14 +1,18 @@
-"""`vqclip bench`: per-stage step times, peak memory, FLOPs and the achieved FLOP rate.
+"""`vqclip bench`: per-stage step times, peak memory against the plan's estimate, FLOPs and the achieved
+FLOP rate, with the machine they were taken on (CPU or GPU model, fast bf16/fp16, load).
 
 With `random_weights` the default architectures are built from their configs with random weights, which
 costs exactly what the real weights cost (dense layers do not care about the values).
 """
 
 import contextlib
+import os
+import platform
 import resource
 import statistics
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -21,8 +25,10 @@ from vqclip.optimize import optimize
 STAGES = ("decoder", "cutouts", "clip", "backward", "optimiser")
 
 
-def random_models(cfg: GenerationConfig) -> Models:
-    """The architectures a config names, with random weights (for benchmarks when weights are absent)."""
+def random_models(cfg: GenerationConfig, shapes_only: bool = False) -> Models:
+    """The architectures a config names, with random weights (for benchmarks when weights are absent), or
+    with `shapes_only` on the meta device: no memory and no time, enough for the memory plan's arithmetic
+    (the Models still name the device the plan is for)."""
     import open_clip
 
     from vqclip.clip_loading import parse_clip_name
@@ -40,37 +46,101 @@ def random_models(cfg: GenerationConfig) -> Models:
         data = read_yaml(spec.local_config)
     else:
         raise UsageError(f"Benchmarking {cfg.vqgan} with random weights needs its config inline or as a local file.")
-    vqgan = VQGAN(vqgan_config(data)).eval().requires_grad_(False).to(device)
+    home = torch.device("meta") if shapes_only else device
+    with home:
+        vqgan = VQGAN(vqgan_config(data)).eval().requires_grad_(False)
     clips = []
     for name in cfg.clip:
         arch = parse_clip_name(name).arch
-        model = open_clip.create_model(arch).eval().requires_grad_(False)
-        clips.append(wrap_clip(name, model, open_clip.get_tokenizer(arch), None).to(device))
+        model = open_clip.create_model(arch, device=home).eval().requires_grad_(False)
+        clips.append(wrap_clip(name, model, open_clip.get_tokenizer(arch), None).to(home))
     models = Models(vqgan, {"name": cfg.vqgan, "sha256": None}, clips, device, resolve_precision(cfg.precision, device))
     prepare_for_speed(models, cfg)
     return models
 
 
+# CPU flags that make a precision fast (/proc/cpuinfo names): bf16 dot products and tiles, fp16 arithmetic.
+FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+FAST_FP16_FLAGS = ("avx512_fp16", "amx_fp16")
+
+
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines()) if k.strip()}
+
+
+def machine(device: torch.device) -> dict:
+    """Where a figure was taken: the CPU model with the flags that decide bf16/fp16 speed, the GPU name and
+    compute capability on CUDA, cores, threads, torch version and the load average."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    out = {
+        "cpu": cpu,
+        "cpu_flags": [f for f in FAST_BF16_FLAGS + FAST_FP16_FLAGS if f in flags],
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "fast_bf16": bool(flags & set(FAST_BF16_FLAGS)),
+        "fast_fp16": bool(flags & set(FAST_FP16_FLAGS)),
+    }
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["capability"] = f"{major}.{minor}"
+        out["fast_bf16"] = major >= 8  # Ampere and newer
+        out["fast_fp16"] = (major, minor) == (6, 0) or major >= 7  # P100, then tensor cores
+    return out
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: figures taken above about the core count are not the machine's."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the process's peak RSS (Linux clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory(device: torch.device) -> int:
-    """Peak bytes: max_memory_allocated on CUDA, the process's peak RSS elsewhere."""
+    """Peak bytes since `reset_peak_memory`: max_memory_allocated on CUDA, peak RSS elsewhere (the
+    process's lifetime peak where it cannot be reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in lines if line.startswith("VmHWM:")).split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 4096, repeats: int = 3) -> float:
-    """Achieved FLOP/s of an n x n matmul in `dtype`: the machine's reference rate."""
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 4096, repeats: int = 3) -> tuple[float, float]:
+    """Achieved FLOPs per second and per process-CPU second of an n x n matmul in `dtype`: the machine's
+    reference rates."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
         _sync(device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         a @ b
         _sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return 2 * n**3 / min(wall), 2 * n**3 / min(cpu)
 
 
 def _sync(device):
@@ -80,22 +150,34 @@ def _sync(device):
 
 @dataclass
 class _Timer:
+    """Wall and process CPU seconds per stage. CPU seconds are the steadier figure on a busy machine (with
+    one thread: work done, whoever else runs); wall seconds are what a user waits."""
+
     device: torch.device
-    totals: dict
+    wall: dict
+    cpu: dict
 
     @contextlib.contextmanager
     def __call__(self, stage):
         _sync(self.device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         yield
         _sync(self.device)
-        self.totals[stage] = self.totals.get(stage, 0.0) + time.perf_counter() - t
+        self.wall[stage] = self.wall.get(stage, 0.0) + time.perf_counter() - t
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + time.process_time() - c
+
+    def clear(self):
+        self.wall.clear()
+        self.cpu.clear()
 
 
 def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: int = 1, plan=None) -> dict:
-    """Median per-stage and whole-step times over `steps` steps (after `warmup`), the peak memory of those
-    steps, then the FLOPs of one more step (counted afterwards: the counter itself holds memory)."""
+    """Median per-stage and whole-step times over `steps` steps (after `warmup`), the peak memory of the
+    steps (warm-up included, model loading not), then the FLOPs of one more step (counted afterwards: the
+    counter itself holds memory). Like a single run, it drops the text towers once the prompts are encoded."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from vqclip.memory import drop_text_towers
 
     torch.manual_seed(0)
     w, h = cfg.size
@@ -103,9 +185,11 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     z = models.vqgan.embed(torch.randint(models.vqgan.config.n_embed, (1, h // f, w // f))).to(models.device)
     generator = torch.Generator().manual_seed(0)
     targets = guides(models, cfg, generator)
+    drop_text_towers(models)
+    reset_peak_memory(models.device)
     chunk = plan.clip_chunk if plan else None
     models.vqgan.set_checkpointing(bool(plan and plan.checkpointing))
-    timer = _Timer(models.device, {})
+    timer = _Timer(models.device, {}, {})
     loop = optimize(
         models.vqgan,
         targets,
@@ -119,15 +203,17 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     )
     for _ in range(warmup):
         next(loop)
-    per_step, stages = [], {s: [] for s in STAGES}
+    per_step, cpu_per_step, stages, stages_cpu = [], [], {s: [] for s in STAGES}, {s: [] for s in STAGES}
     for _ in range(steps):
-        timer.totals.clear()
-        t = time.perf_counter()
+        timer.clear()
+        t, c = time.perf_counter(), time.process_time()
         next(loop)
         _sync(models.device)
         per_step.append(time.perf_counter() - t)
+        cpu_per_step.append(time.process_time() - c)
         for s in STAGES:
-            stages[s].append(timer.totals.get(s, 0.0))
+            stages[s].append(timer.wall.get(s, 0.0))
+            stages_cpu[s].append(timer.cpu.get(s, 0.0))
     peak = peak_memory(models.device)
     with FlopCounterMode(display=False) as counter:
         next(loop)
@@ -136,6 +222,8 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     return {
         "step_s": step,
         "stages_s": {s: statistics.median(v) for s, v in stages.items()},
+        "step_cpu_s": statistics.median(cpu_per_step),
+        "stages_cpu_s": {s: statistics.median(v) for s, v in stages_cpu.items()},
         "peak_memory": peak,
         "flops_per_step": flops,
         "flop_rate": flops / step,
@@ -148,31 +236,43 @@ def run_bench(
     random_weights: bool = True,
     max_memory: int | None = None,
     checkpointing: str = "auto",
+    threads: int | None = None,
 ) -> dict:
-    """One benchmark configuration: the memory plan, per-stage times, FLOPs, peak memory and FLOP share."""
+    """One benchmark configuration: the memory plan, per-stage times, FLOPs, peak memory against the
+    estimate, FLOP share, and the machine with its load before and after."""
     from vqclip.loading import load_models
-    from vqclip.memory import largest_square, make_plan
+    from vqclip.memory import keep_freed_memory, largest_square, make_plan
 
+    if threads:
+        torch.set_num_threads(threads)
+    load_before = load_average()
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     models = random_models(cfg) if random_weights else load_models(cfg)
-    plan = make_plan(models, cfg.size, cfg.cutn, max_memory=max_memory, checkpointing=checkpointing)
+    plan = make_plan(models, cfg.size, cfg.cutn, max_memory=max_memory, checkpointing=checkpointing, text_towers=False)
     result = bench_step(models, cfg, steps=steps, plan=plan)
-    dtype = models.dtype or torch.float32
-    rate = matmul_rate(dtype, models.device)
+    rate, cpu_rate = matmul_rate(models.dtype or torch.float32, models.device)
     return {
         "size": list(cfg.size),
         "cutn": cfg.cutn,
-        "precision": "fp32" if models.dtype is None else str(models.dtype).removeprefix("torch."),
+        "precision": models.precision,
         "device": models.device.type,
         "weights": "random" if random_weights else "real",
         "plan": plan.to_dict(),
         **result,
+        "estimate_error": plan.estimate / result["peak_memory"] - 1,
         "matmul_rate": rate,
         "rate_fraction": result["flop_rate"] / rate,
+        # the same share in CPU seconds: steadier when other processes take the cores
+        "cpu_rate_fraction": result["flops_per_step"] / result["step_cpu_s"] / cpu_rate,
         # how the largest canvas under this budget grows when the plan may checkpoint (estimates)
         "largest_square": {
-            "no_checkpointing": largest_square(models, cfg.cutn, plan.budget, checkpointing=False),
-            "checkpointing": largest_square(models, cfg.cutn, plan.budget, checkpointing=True),
+            "no_checkpointing": largest_square(models, cfg.cutn, plan.budget, checkpointing=False, text_towers=False),
+            "checkpointing": largest_square(models, cfg.cutn, plan.budget, checkpointing=True, text_towers=False),
         },
+        "machine": machine(models.device),
+        "load": [load_before, load_average()],
         "threads": torch.get_num_threads(),
     }
 

@@ -32,6 +32,11 @@ from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
 )
 @click.option("--max-memory", callback=parse_bytes, help="Memory cap for the plan, e.g. 6G.")
 @click.option("--checkpointing", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Torch threads (default: torch's). With 1, CPU seconds measure the work even on a busy machine.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per configuration on stdout.")
 @click.option(
     "--isolate/--no-isolate",
@@ -40,7 +45,19 @@ from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
     help="Run each configuration in its own process, so peak memory is its own.",
 )
 def bench(
-    sizes, precisions, cutn, steps, vqgan, clip, device, random_weights, max_memory, checkpointing, as_json, isolate
+    sizes,
+    precisions,
+    cutn,
+    steps,
+    vqgan,
+    clip,
+    device,
+    random_weights,
+    max_memory,
+    checkpointing,
+    threads,
+    as_json,
+    isolate,
 ):
     """Measure step time per stage, peak memory, FLOPs and FLOP rate of the generation step."""
     import subprocess
@@ -76,6 +93,8 @@ def bench(
                 argv += [a for c in clip for a in ("--clip", c)]
                 if max_memory:
                     argv += ["--max-memory", str(max_memory)]
+                if threads:
+                    argv += ["--threads", str(threads)]
                 info(f"bench {size} {precision} ...")
                 done = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
                 if done.returncode != 0:
@@ -85,12 +104,25 @@ def bench(
                 from vqclip.bench import bench_config, run_bench
 
                 cfg = bench_config(parse_size(size), cutn, precision, device, vqgan, clip)
-                row = run_bench(cfg, steps, random_weights, max_memory, checkpointing)
+                row = run_bench(cfg, steps, random_weights, max_memory, checkpointing, threads)
             rows.append(row)
             if as_json:
                 click.echo(json.dumps(row))
     if not as_json:
         _bench_table(rows)
+
+
+def _load_text(load: list) -> str:
+    return " -> ".join("?" if v is None else f"{v:.1f}" for v in load)
+
+
+def machine_line(row: dict) -> str:
+    """The machine a row was taken on, in one line: CPU or GPU, fast-precision flags, cores."""
+    m = row["machine"]
+    where = f"{m['cpu']}; GPU {m['gpu']} (capability {m['capability']})" if "gpu" in m else m["cpu"]
+    flags = ", ".join(m["cpu_flags"]) or "none of avx512_bf16, amx_bf16, avx512_fp16, amx_fp16"
+    fast = ", ".join(p for p in ("bf16", "fp16") if m[f"fast_{p}"]) or "neither"
+    return f"{where}; {m['cores']} cores; CPU flags: {flags}; fast bf16/fp16: {fast}; torch {m['torch']}"
 
 
 def _bench_table(rows):
@@ -101,7 +133,22 @@ def _bench_table(rows):
 
     gib = 2**30
     table = Table(
-        "size", "precision", "weights", "plan", "step s", *STAGES, "peak GiB", "GFLOP", "GFLOP/s", "of matmul", box=None
+        "size",
+        "precision",
+        "weights",
+        "plan",
+        "step s",
+        *STAGES,
+        "peak GiB",
+        "est. GiB",
+        "GFLOP",
+        "GFLOP/s",
+        "of matmul",
+        "CPU s",
+        "of matmul (CPU s)",
+        "threads",
+        "load",
+        box=None,
     )
     for r in rows:
         plan = r["plan"]
@@ -114,8 +161,16 @@ def _bench_table(rows):
             f"{r['step_s']:.2f}",
             *(f"{r['stages_s'][s]:.2f}" for s in STAGES),
             f"{r['peak_memory'] / gib:.2f}",
+            f"{plan['estimate'] / gib:.2f}",
             f"{r['flops_per_step'] / 1e9:.0f}",
             f"{r['flop_rate'] / 1e9:.0f}",
             f"{r['rate_fraction']:.0%}",
+            f"{r['step_cpu_s']:.2f}",
+            f"{r['cpu_rate_fraction']:.0%}",
+            str(r["threads"]),
+            _load_text(r["load"]),
         )
-    Console(width=220).print(table)
+    console = Console(width=220)
+    for line in dict.fromkeys(machine_line(r) for r in rows):
+        console.print(line)
+    console.print(table)

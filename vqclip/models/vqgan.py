@@ -39,6 +39,70 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
+# ---- lean backward: keep what the input gradient needs, not what autograd keeps -----------------
+#
+# The optimisation loop back-propagates through a frozen decoder to its input only. Autograd keeps every
+# convolution's input alive for the weight gradient nobody asks for, and GroupNorm and SiLU each keep their
+# own input: six full-size tensors per ResnetBlock. A frozen convolution keeps nothing (its input gradient
+# needs only the weight), and norm + SiLU is recomputed from its input in the backward pass (elementwise,
+# cheap next to a convolution): two tensors per block, the same gradient to the last bit.
+
+
+class _FrozenConv2d(torch.autograd.Function):
+    """conv2d whose backward computes only the input gradient, from the weight: the input is not kept."""
+
+    @staticmethod
+    def forward(ctx, x, conv):
+        ctx.conv, ctx.shape, ctx.dtype = conv, x.shape, x.dtype
+        return conv(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        conv = ctx.conv
+        # The input's place: only its shape and layout are read. Allocated, never touched (no memory
+        # is committed); a broadcast stand-in would be copied out to a full tensor in the input's layout.
+        layout = (
+            torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        )
+        stand_in = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
+        dx = torch.ops.aten.convolution_backward(
+            grad,
+            stand_in,
+            conv.weight.to(grad.dtype),
+            None,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            False,
+            [0],
+            conv.groups,
+            (True, False, False),
+        )[0]
+        return dx.to(ctx.dtype), None
+
+
+def _needs_lean_backward(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def frozen_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x), keeping only the weight for the backward pass when the weight is frozen."""
+    if _needs_lean_backward(x) and not conv.weight.requires_grad:
+        return _FrozenConv2d.apply(x, conv)
+    return conv(x)
+
+
+def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.silu(norm(x))
+
+
+def norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """silu(norm(x)), recomputed in the backward pass from x (which GroupNorm keeps anyway)."""
+    if _needs_lean_backward(x):
+        return checkpoint(_norm_silu, norm, x, use_reentrant=False, preserve_rng_state=False)
+    return _norm_silu(norm, x)
+
+
 class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -50,9 +114,9 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        h = frozen_conv(self.conv1, norm_silu(self.norm1, x))
+        h = frozen_conv(self.conv2, norm_silu(self.norm2, h))
+        shortcut = frozen_conv(self.nin_shortcut, x) if hasattr(self, "nin_shortcut") else x
         return shortcut + h
 
 
@@ -70,10 +134,10 @@ class AttnBlock(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         y = self.norm(x)
-        q, k, v = (conv(y).reshape(b, 1, c, h * w).transpose(2, 3) for conv in (self.q, self.k, self.v))
+        q, k, v = (frozen_conv(conv, y).reshape(b, 1, c, h * w).transpose(2, 3) for conv in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)  # (b, 1, hw, c)
         out = out.transpose(2, 3).reshape(b, c, h, w)
-        return x + self.proj_out(out)
+        return x + frozen_conv(self.proj_out, out)
 
 
 class Downsample(nn.Module):
@@ -91,7 +155,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return frozen_conv(self.conv, F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class _Level(nn.Module):
@@ -196,12 +260,12 @@ class Decoder(_Stack):
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, 1, 1)
 
     def forward(self, z):
-        h = self._middle(self.conv_in(z))
+        h = self._middle(frozen_conv(self.conv_in, z))
         for level in reversed(self.up):
             h = self._level(level, h)
             if hasattr(level, "upsample"):
                 h = self._run(level.upsample, h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return frozen_conv(self.conv_out, norm_silu(self.norm_out, h))
 
 
 def nearest_codes(z: torch.Tensor, codebook: torch.Tensor, codebook_sq: torch.Tensor | None = None):
