@@ -159,3 +159,28 @@ def test_dropping_the_text_towers_lowers_the_estimate_by_their_weights(full_size
 def test_bf16_fits_larger_canvases_than_fp32(full_size):
     sides = {p: largest_square(full_size[p], 32, 4 * GIB, text_towers=False) for p in PRECISIONS}
     assert 384 <= sides["fp32"] < sides["bf16"]
+
+
+def test_a_single_run_frees_the_text_towers_and_a_reused_models_keeps_them(fixtures, tiny_clip):
+    cfg = GenerationConfig(
+        prompt="a red apple",
+        vqgan=str(fixtures / "vqgan_tiny_f16.ckpt"),
+        clip=(tiny_clip,),
+        size=(32, 32),
+        steps=2,
+        seed=1,
+        cutn=4,
+        precision="fp32",
+    )
+    models = load_models(cfg)
+    text = sum(c.text_tower_bytes() for c in models.clips)
+    reused = prepare(cfg, models)  # the models may serve another job: the plan keeps the towers
+    last = prepare(cfg, models, last_job=True)  # the CLI's single image
+    assert reused.plan.estimate - last.plan.estimate == text > 0
+    first = run(reused, models)
+    assert all(c.has_text_tower for c in models.clips)
+    again = run(last, models)
+    assert not any(c.has_text_tower for c in models.clips) and sum(c.text_tower_bytes() for c in models.clips) == 0
+    assert first.image.tobytes() == again.image.tobytes()  # the image tower alone did the steps
+    with pytest.raises(RuntimeError, match="text tower was dropped"):
+        run(prepare(cfg, models), models)

@@ -241,14 +241,11 @@ def run_bench(
     """One benchmark configuration: the memory plan, per-stage times, FLOPs, peak memory against the
     estimate, FLOP share, and the machine with its load before and after."""
     from vqclip.loading import load_models
-    from vqclip.memory import keep_freed_memory, largest_square, make_plan
+    from vqclip.memory import largest_square, make_plan
 
     if threads:
         torch.set_num_threads(threads)
     load_before = load_average()
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        keep_freed_memory()
     models = random_models(cfg) if random_weights else load_models(cfg)
     plan = make_plan(models, cfg.size, cfg.cutn, max_memory=max_memory, checkpointing=checkpointing, text_towers=False)
     result = bench_step(models, cfg, steps=steps, plan=plan)

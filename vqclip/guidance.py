@@ -90,15 +90,21 @@ def run_guided(
     progress: ProgressFn = ignore,
     on_step: StepFn | None = None,
     stop_after: int | None = None,
+    drop_text_towers: bool = False,
 ) -> tuple[torch.Tensor, float, int]:
     """Optimise a latent under CLIP guidance for `cfg.steps` steps; returns (latent, final loss, steps done).
 
     Everything random is seeded from `cfg.seed` before anything random happens; `z` starts from a given
-    latent instead of the config's init (a canvas's refinement); `stop_after` ends the loop early.
+    latent instead of the config's init (a canvas's refinement); `stop_after` ends the loop early;
+    `drop_text_towers` frees the CLIP text towers once the prompts are encoded (no later run needs them).
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     z = z.clone().float() if z is not None else initial_latent(models, cfg, generator)
     targets = guides(models, cfg, generator)
+    if drop_text_towers:
+        from vqclip.memory import drop_text_towers as drop
+
+        drop(models)
     n_phases = len(targets[0].phases)
     models.vqgan.set_checkpointing(plan.checkpointing)
     loop = optimize(

@@ -22,6 +22,7 @@ class Job:
     base_plan: Plan | None = None
     inputs: dict | None = None  # {resolved path: sha256} of the init image and image prompts
     stop_after: int | None = None  # end after this many steps (replaying an interrupted run)
+    drop_text_towers: bool = False  # free the CLIP text towers once the prompts are encoded (last_job)
 
 
 def default_size(device_type: str) -> tuple[int, int]:
@@ -53,10 +54,19 @@ def resolve_inputs(cfg: GenerationConfig) -> tuple[GenerationConfig, dict]:
     return cfg, {f: sha256_file(Path(f)) for f in files}
 
 
-def prepare(cfg: GenerationConfig, models, plan: Plan | None = None, stop_after: int | None = None) -> Job:
+def prepare(
+    cfg: GenerationConfig,
+    models,
+    plan: Plan | None = None,
+    stop_after: int | None = None,
+    last_job: bool = False,
+) -> Job:
     """Resolve the seed, size and input paths and make the memory plan, once. `plan` overrides the plan and
-    `stop_after` ends the run early (a replay of an interrupted run)."""
+    `stop_after` ends the run early (a replay of an interrupted run). `last_job`: the models serve no other
+    job, so a plain run frees the CLIP text towers once its prompts are encoded, and the plan counts on it
+    (a canvas encodes its prompts again at the full size and keeps them)."""
     cfg, inputs = resolve_inputs(cfg.with_seed())
+    drop = last_job and not cfg.transformer
     f = models.vqgan.factor
     size = cfg.size or default_size(models.device.type)
     rounded = round_size(size, f)
@@ -72,7 +82,7 @@ def prepare(cfg: GenerationConfig, models, plan: Plan | None = None, stop_after:
         if base is not None and not cfg.refine_steps:
             plan = base_plan  # no CLIP step runs at the full size
         else:
-            plan = make_plan(models, rounded, cfg.cutn, max_memory=cfg.max_memory)
+            plan = make_plan(models, rounded, cfg.cutn, max_memory=cfg.max_memory, text_towers=not drop)
     steps = f"{cfg.steps} step{'s' if cfg.steps != 1 else ''}" + (
         f" at {base.size[0]}x{base.size[1]}, then the transformer" if base else ""
     )
@@ -83,4 +93,4 @@ def prepare(cfg: GenerationConfig, models, plan: Plan | None = None, stop_after:
                 f"Memory plan: about {p.estimate / 2**30:.1f} of {p.budget / 2**30:.1f} GiB, with decoder "
                 f"checkpointing {'on' if p.checkpointing else 'off'} and CLIP chunks of {p.clip_chunk}."
             )
-    return Job(cfg, plan, tuple(notes), base, base_plan, inputs or None, stop_after)
+    return Job(cfg, plan, tuple(notes), base, base_plan, inputs or None, stop_after, drop)

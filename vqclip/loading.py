@@ -267,7 +267,12 @@ def load_upscaler_into(models: Models, name: str | None = None, offline=None, pr
 
 def prepare_for_speed(models: Models, cfg) -> None:
     """Channels-last decoder (not on MPS), CLIP image towers kept in the autocast dtype (the text towers stay
-    fp32: they run once per prompt), no encoder unless the run encodes images, torch.compile if asked."""
+    fp32: they run once per prompt), no encoder unless the run encodes images, torch.compile if asked; on
+    the CPU, freed memory kept for the next step (memory.keep_freed_memory)."""
+    if models.device.type == "cpu":
+        from vqclip.memory import keep_freed_memory
+
+        keep_freed_memory()
     if models.device.type != "mps":
         models.vqgan.use_channels_last()
     if models.dtype is not None:

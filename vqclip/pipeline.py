@@ -59,7 +59,13 @@ def run(
             z, loss, done, canvas = run_canvas(job, models, progress=progress, on_step=on_step)
         else:
             z, loss, done = run_guided(
-                models, cfg, job.plan, progress=progress, on_step=on_step, stop_after=job.stop_after
+                models,
+                cfg,
+                job.plan,
+                progress=progress,
+                on_step=on_step,
+                stop_after=job.stop_after,
+                drop_text_towers=job.drop_text_towers,
             )
         image = decode(models, z)
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
@@ -126,5 +132,6 @@ def generate(
     """
     cfg = prompt if isinstance(prompt, GenerationConfig) else replace(config or GenerationConfig(prompt), prompt=prompt)
     checked = validate(cfg)
+    own = models is None  # models loaded here serve this call only
     models = models or load_models(cfg, offline=offline, progress=progress, checked=checked)
-    return run(prepare(cfg, models), models, progress=progress, on_step=callback)
+    return run(prepare(cfg, models, last_job=own), models, progress=progress, on_step=callback)

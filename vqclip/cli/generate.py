@@ -58,7 +58,7 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
         from vqclip.job import prepare
         from vqclip.render import render
 
-        job = prepare(cfg, models, stop_after=stop_after)
+        job = prepare(cfg, models, stop_after=stop_after, last_job=True)
         for note in job.notes:
             reporter.message(note)
         result = render(job, models, out, progress=reporter)
