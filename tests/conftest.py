@@ -118,3 +118,18 @@ def vq(capfdbinary, monkeypatch):
         return Run(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def ffmpeg(tmp_path_factory, monkeypatch) -> str:
+    """A real ffmpeg on PATH: the system's, or the static build the test extra installs (imageio-ffmpeg)."""
+    import shutil
+
+    found = shutil.which("ffmpeg")
+    if found is None:
+        imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="no ffmpeg: pip install -e '.[test]'")
+        folder = tmp_path_factory.mktemp("ffmpeg-bin")
+        (folder / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
+        monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+        found = str(folder / "ffmpeg")
+    return found

@@ -3,7 +3,6 @@ as real subprocesses where signals, kills and pipes are the point."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -207,7 +206,7 @@ def test_zoom_grows_content_and_shift_moves_it():
     assert float(turned.sum()) == pytest.approx(float(img.sum()), rel=0.1) and not torch.allclose(turned, img)
 
 
-def test_example_scripts_run_as_written(tmp_path, models):
+def test_example_scripts_run_as_written(tmp_path, models, ffmpeg):
     env = {**os.environ, "VQCLIP": f"{sys.executable} -m vqclip"}
     env["VQCLIP"] = str(tmp_path / "vqclip")
     (tmp_path / "vqclip").write_text(f'#!/bin/sh\nexec {sys.executable} -m vqclip "$@"\n')
@@ -229,8 +228,7 @@ def test_example_scripts_run_as_written(tmp_path, models):
     )
     assert r.returncode == 0, r.stderr.decode()
     assert len(list((tmp_path / "z").glob("frame-*.png"))) == 2
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed: examples/to_video.sh was not run")
+    env["PATH"] = os.environ["PATH"]  # with the ffmpeg fixture's folder
     r = subprocess.run(
         ["bash", ROOT / "examples/to_video.sh", "a cat", tmp_path / "v.mp4", *quick],
         env=env,
@@ -238,4 +236,13 @@ def test_example_scripts_run_as_written(tmp_path, models):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr.decode()
-    assert (tmp_path / "v.mp4").stat().st_size > 0
+    assert r.stdout.decode().strip() == str(tmp_path / "v.mp4") and (tmp_path / "v.mp4").stat().st_size > 0
+    # when vqclip fails, the script ends with vqclip's code and message, not ffmpeg's "End of file"
+    r = subprocess.run(
+        ["bash", ROOT / "examples/to_video.sh", "a cat", tmp_path / "w.mp4", *quick, "--vqgan", "no_such_model"],
+        env=env,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stderr.decode()
+    assert b"no_such_model" in r.stderr and b"End of file" not in r.stderr and not (tmp_path / "w.mp4").exists()

@@ -273,3 +273,46 @@ def test_main_in_process_leaves_the_callers_signal_handlers_alone(vq):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     assert vq("--version").returncode == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+def test_video_is_encoded_and_its_path_printed_after_the_png(f16, tiny_clip, tmp_path, vq, ffmpeg):
+    r = vq("a cat", *tiny_args(f16, tiny_clip), "--steps", "3", "--frames-every", "1", "--video", "v.mp4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    png, video = r.stdout.decode().splitlines()
+    assert Image.open(png).size == (64, 64) and video == "v.mp4"
+    decoded = subprocess.run(
+        [ffmpeg, "-loglevel", "error", "-i", tmp_path / "v.mp4", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True,
+    )
+    assert decoded.returncode == 0 and len(decoded.stdout) == 3 * 64 * 64 * 3  # one frame per step
+
+
+def test_batch_paths_go_above_the_live_bar_in_a_terminal(f16, tiny_clip, tmp_path):
+    """stdout and stderr on one terminal: each output path is a line of its own, never glued to a bar."""
+    import pty
+    import re
+
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    args = ["batch", "prompts.txt", "-d", "out", *tiny_args(f16, tiny_clip), "--steps", "4"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout and stderr are the terminal
+        os.chdir(tmp_path)
+        os.execv(sys.executable, [sys.executable, "-m", "vqclip", *args])
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, screen.decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode())  # colours and cursor moves
+    pieces = [p.strip() for p in re.split(r"[\r\n]", text)]
+    paths = sorted(str(p) for p in (tmp_path / "out").glob("*.png"))
+    assert len(paths) == 2
+    for path in paths:  # the whole path, alone on its line; a bar drawn over it would share the line
+        assert any(p == path or p == os.path.relpath(path, tmp_path) for p in pieces), text
+    assert "━" in text  # the bar was live

@@ -67,7 +67,7 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
     else:
         reporter.message(f"The final image is in {result.path}.")
     if video:
-        reporter.message(f"The video is in {video}.")
+        click.echo(video)  # an output like the PNG: its path on stdout, after the PNG's
 
 
 def load(cfg, offline: bool, reporter: Reporter, checked):
