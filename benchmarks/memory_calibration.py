@@ -1,5 +1,5 @@
-"""Measure the two memory peaks of a step that the plan's estimate models (vqclip/memory.py), per size,
-precision, checkpointing and CLIP chunk, and fit the plan's constants to them.
+"""Measure a step's memory peaks per size, precision, checkpointing and CLIP chunk, and fit the memory
+plan's constants (vqclip/memory.py) to them.
 
 Each configuration runs in its own process (CPU, random weights, the text tower dropped as in a single
 run). Per step it records the peak RSS while CLIP runs (cutouts, CLIP forward and backward) and during the
@@ -8,13 +8,14 @@ the first step, which holds the libraries and the weights. Peak memory hardly de
 load, so this can run on a busy machine; large sizes take minutes per step.
 
     python benchmarks/memory_calibration.py --sizes 256 384 512 768 --steps 3 > calibration.jsonl
-    python benchmarks/memory_calibration.py --fit calibration.jsonl
+    python benchmarks/memory_calibration.py --fit calibration.jsonl   # fits on 256-512, checks 768
 """
 
 import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -108,24 +109,36 @@ def _lstsq(rows: list[list[float]], targets: list[float]) -> list[float]:
     return torch.linalg.lstsq(a, b).solution[:, 0].tolist()
 
 
-def fit(path: str) -> None:
-    """Least-squares constants for memory.COSTS from the highest peak over each run's steps."""
+def _peak(run: dict) -> int:
+    """A run's step peak: the highest of its steps' CLIP-phase and decoder-backward peaks."""
+    return max(max(s["clip_phase"], s["decoder_backward"]) for s in run["steps"])
+
+
+def fit(path: str, fit_sizes: list[int]) -> None:
+    """Least-squares constants for memory.COSTS (bytes per pixel, per cutout, base) from the runs at
+    `fit_sizes`, then every run's measured peak against the estimate (the other sizes are a check)."""
     runs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.startswith("{")]
+    extra = [r["resident"] - r["weights"] for r in runs]
+    print(
+        f"CPU_RESIDENT = {statistics.mean(extra) / 2**20:.0f} MiB ({min(extra) / GIB:.3f}-{max(extra) / GIB:.3f} GiB)"
+    )
     for precision in sorted({r["precision"] for r in runs}):
-        mine = [r for r in runs if r["precision"] == precision]
-        extra = {r["resident"] - r["weights"] for r in mine}
-        print(f"{precision}: resident beyond the weights {min(extra) / GIB:.3f}-{max(extra) / GIB:.3f} GiB")
         for ckpt in (False, True):
-            sub = [r for r in mine if r["checkpointing"] == ckpt]
-            clip_rows = [[r["size"] ** 2, r["chunk"], 1.0] for r in sub]
-            clip_peaks = [max(s["clip_phase"] for s in r["steps"]) - r["resident"] for r in sub]
-            kept, per_cutout, base = _lstsq(clip_rows, clip_peaks)
-            back_peaks = [max(s["decoder_backward"] for s in r["steps"]) - r["resident"] for r in sub]
-            backward, back_base = _lstsq([[r["size"] ** 2, 1.0] for r in sub], back_peaks)
-            print(
-                f"  ckpt={ckpt}: kept {kept:,.0f} B/px, per cutout {per_cutout / 2**20:.1f} MiB, "
-                f"CLIP-phase base {base / 2**20:.0f} MiB; backward {backward:,.0f} B/px, base {back_base / 2**20:.0f} MiB"
+            sub = [r for r in runs if r["precision"] == precision and r["checkpointing"] == ckpt]
+            train = [r for r in sub if r["size"] in fit_sizes]
+            if len(train) < 3:
+                continue
+            px, cut, base = _lstsq(
+                [[r["size"] ** 2, r["chunk"], 1.0] for r in train], [_peak(r) - r["resident"] for r in train]
             )
+            print(f'("{precision}", {ckpt}): StepCosts({px:.0f}, {cut / 2**20:.1f} * MIB, {base / 2**20:.0f} * MIB),')
+            for r in sub:
+                est = r["resident"] + px * r["size"] ** 2 + cut * r["chunk"] + base
+                role = "fit" if r["size"] in fit_sizes else "check"
+                print(
+                    f"    {r['size']} chunk {r['chunk']:>2} ({role}): measured {_peak(r) / GIB:.2f} GiB, "
+                    f"estimated {est / GIB:.2f} ({est / _peak(r) - 1:+.1%})"
+                )
 
 
 def main() -> None:
@@ -139,9 +152,10 @@ def main() -> None:
     )
     parser.add_argument("--one", nargs=4, metavar=("SIZE", "PRECISION", "CKPT", "CHUNK"), help=argparse.SUPPRESS)
     parser.add_argument("--fit", metavar="JSONL", help="fit the constants to a file of measurements")
+    parser.add_argument("--fit-sizes", type=int, nargs="+", default=[256, 384, 512], help="the rest are checks")
     args = parser.parse_args()
     if args.fit:
-        fit(args.fit)
+        fit(args.fit, args.fit_sizes)
     elif args.one:
         size, precision, ckpt, chunk = args.one
         print(json.dumps(measure(int(size), precision, ckpt == "1", int(chunk), args.steps, args.keep_freed)))

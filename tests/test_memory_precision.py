@@ -184,3 +184,21 @@ def test_a_single_run_frees_the_text_towers_and_a_reused_models_keeps_them(fixtu
     assert first.image.tobytes() == again.image.tobytes()  # the image tower alone did the steps
     with pytest.raises(RuntimeError, match="text tower was dropped"):
         run(prepare(cfg, models), models)
+
+
+def test_the_estimate_is_within_10_percent_of_every_measured_peak(full_size):
+    """benchmarks/memory_calibration.jsonl holds the peaks measured on this project's CPU, 256-768 px, with and
+    without checkpointing (rerun the script there after a change to the step's memory, and refit)."""
+    import json
+
+    from tests.conftest import ROOT
+
+    lines = (ROOT / "benchmarks/memory_calibration.jsonl").read_text().splitlines()
+    runs = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {r["size"] for r in runs} >= {256, 384, 512, 768} and {r["checkpointing"] for r in runs} == {False, True}
+    for r in runs:
+        models = full_size[r["precision"]]
+        assert models.vqgan.config.ch == 128  # the calibrated decoder
+        est = estimate(models, (r["size"], r["size"]), 32, r["checkpointing"], r["chunk"], text_towers=False)
+        peak = max(max(s["clip_phase"], s["decoder_backward"]) for s in r["steps"])
+        assert abs(est / peak - 1) < 0.10, r

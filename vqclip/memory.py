@@ -1,13 +1,14 @@
 """The memory plan: estimate a step's peak memory before the first step and choose decoder activation
 checkpointing and CLIP chunking so that it fits; refuse (exit 4) only when even that does not fit.
 
-A step's memory has two peaks, and the estimate is the higher one on top of what stays resident (the
-libraries, the weights):
-- while CLIP runs: what the decoder's forward keeps for its backward (per output pixel) plus one chunk of
-  cutouts through the augmentations and CLIP, forward and backward (per cutout);
-- during the decoder's backward: what it keeps plus what its backward allocates (per output pixel).
-The constants are fitted to the peaks measured with `vqclip bench` on the full-size f16 VQGAN and ViT-B/32
-(benchmarks/RESULTS.md, "Memory plan calibration"); other models scale them by their width and tokens.
+The estimate is what stays resident (the libraries, the weights) plus a step's own bytes, which grow
+linearly with the output pixels (the decoder's forward keeps activations, its backward allocates more) and
+with the cutouts in a CLIP chunk (augmentations and ViT, forward and backward). Measured, the CLIP peak
+and the decoder's backward peak add up rather than overlap: the memory a chunk freed is kept for the next
+step (`keep_freed_memory`) and the backward allocates beside it. The constants are fitted to the peak RSS
+of steps of the full-size f16 VQGAN and ViT-B/32 at 256-512 px (`benchmarks/memory_calibration.py`;
+benchmarks/RESULTS.md, "Memory plan calibration", where 768 px checks them); other models scale them by
+their decoder width and their CLIP's width x layers x tokens.
 """
 
 import ctypes
@@ -24,21 +25,22 @@ from vqclip.errors import OutOfMemoryError
 
 @dataclass(frozen=True)
 class StepCosts:
-    """Bytes of one step beyond the resident weights, for one precision (fitted, see the module note)."""
+    """A step's bytes beyond the resident weights and libraries, for one precision and checkpointing."""
 
-    decoder_kept: float  # per output pixel: what the decoder's forward keeps for its backward
-    decoder_kept_ckpt: float  # the same with per-block checkpointing (block inputs only)
-    decoder_backward: float  # per output pixel: the peak of the decoder's backward
-    decoder_backward_ckpt: float  # the same with checkpointing (recomputing one block at a time)
-    per_cutout: float  # one cutout of a chunk: augmentations and ViT-B/32, forward and backward
-    resident: float  # CPU: libraries, allocator and caches, beyond the weights
+    per_pixel: float  # the decoder, forward and backward, per output pixel
+    per_cutout: float  # one cutout of a CLIP chunk: augmentations and ViT-B/32, forward and backward
+    base: float  # the rest: latent, optimiser, prompts, allocator slack
 
 
-COSTS = {
-    "fp32": StepCosts(0, 0, 0, 0, 0, 0),
-    "bf16": StepCosts(0, 0, 0, 0, 0, 0),
+MIB = 2**20
+COSTS = {  # (precision, checkpointing): fitted on this project's CPU, 2026-11-24 (see the module note)
+    ("fp32", False): StepCosts(7415, 35.9 * MIB, 71 * MIB),
+    ("fp32", True): StepCosts(5267, 34.2 * MIB, 145 * MIB),
+    ("bf16", False): StepCosts(3405, 24.0 * MIB, 228 * MIB),
+    ("bf16", True): StepCosts(2750, 25.1 * MIB, 160 * MIB),
 }
-GPU_RESIDENT = 300 * 2**20  # kernels' workspaces; the CUDA context is outside what the allocator reports
+CPU_RESIDENT = 801 * MIB  # the imported libraries and allocator arenas, beyond the weights (RSS)
+GPU_RESIDENT = 300 * MIB  # kernels' workspaces; the CUDA context is outside what the allocator reports
 REF_DECODER_CH = 128  # the calibrated decoder's base width
 REF_CLIP_COST = 768 * 12 * 50  # width x layers x tokens of ViT-B/32
 
@@ -96,15 +98,12 @@ def weights_bytes(models, text_towers: bool = True) -> int:
 def estimate(
     models, size: tuple[int, int], cutn: int, checkpointing: bool, clip_chunk: int, text_towers: bool = True
 ) -> int:
-    """Estimated peak bytes of one optimisation step: the resident weights and libraries plus the higher of
-    the CLIP peak and the decoder-backward peak (see the module note)."""
-    costs = COSTS["fp32" if models.dtype is None else "bf16"]  # fp16 keeps what bf16 keeps
+    """Estimated peak bytes of one optimisation step (see the module note). fp16 keeps what bf16 keeps."""
+    costs = COSTS["fp32" if models.dtype is None else "bf16", checkpointing]
     pixels = size[0] * size[1] * models.vqgan.config.ch / REF_DECODER_CH
-    kept = (costs.decoder_kept_ckpt if checkpointing else costs.decoder_kept) * pixels
-    backward = (costs.decoder_backward_ckpt if checkpointing else costs.decoder_backward) * pixels
     chunk = max(costs.per_cutout * min(clip_chunk, cutn) * _clip_cost(c) for c in models.clips)
-    resident = costs.resident if models.device.type == "cpu" else GPU_RESIDENT
-    return int(resident + weights_bytes(models, text_towers) + max(kept + chunk, backward))
+    resident = CPU_RESIDENT if models.device.type == "cpu" else GPU_RESIDENT
+    return int(resident + weights_bytes(models, text_towers) + costs.per_pixel * pixels + chunk + costs.base)
 
 
 def _options(cutn: int, checkpointing: str):
