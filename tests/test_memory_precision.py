@@ -9,7 +9,7 @@ from vqclip.config import GenerationConfig
 from vqclip.errors import OutOfMemoryError
 from vqclip.job import prepare
 from vqclip.loading import load_models
-from vqclip.memory import estimate, largest_square, make_plan
+from vqclip.memory import MARGIN, estimate, largest_square, make_plan
 from vqclip.pipeline import generate, run
 
 
@@ -35,16 +35,16 @@ def test_plan_prefers_speed_and_degrades_step_by_step(models_and_cfg):
     size, cutn = (512, 512), 32
     free = make_plan(models, size, cutn, max_memory=2**40)
     assert not free.checkpointing and free.clip_chunk == cutn
-    just_ckpt = estimate(models, size, cutn, True, cutn)
+    just_ckpt = int(estimate(models, size, cutn, True, cutn) * MARGIN) + 1
     plan = make_plan(models, size, cutn, max_memory=just_ckpt)
     assert plan.checkpointing and plan.clip_chunk == cutn and plan.estimate <= plan.budget
-    tighter = make_plan(models, size, cutn, max_memory=estimate(models, size, cutn, True, 8))
+    tighter = make_plan(models, size, cutn, max_memory=int(estimate(models, size, cutn, True, 8) * MARGIN) + 1)
     assert tighter.checkpointing and tighter.clip_chunk == 8
 
 
 def test_plan_refuses_with_the_largest_size_that_fits(models_and_cfg):
     models, _ = models_and_cfg
-    budget = estimate(models, (256, 256), 32, True, 1)
+    budget = int(estimate(models, (256, 256), 32, True, 1) * MARGIN) + 1
     with pytest.raises(OutOfMemoryError) as err:
         make_plan(models, (1024, 1024), 32, max_memory=budget)
     assert err.value.exit_code == 4
