@@ -239,6 +239,7 @@ def test_a_signal_saves_the_latest_image_with_its_exit_code(f16, tiny_clip, tmp_
     assert out.strip() == str(partial) and not (tmp_path / "cat.png").exists()
     assert not (tmp_path / "cat.progress.png").exists()  # the --save-every preview goes with the run
     assert f"Interrupted ({'Ctrl-C' if signame == 'SIGINT' else signame}) after" in err and str(partial) in err
+    assert err.count("Interrupted") == 1  # said once, by main(), not also by the run
     with Image.open(partial) as im:
         record = json.loads(im.text["vqclip"])
     assert record["steps_done"] >= 3 and record["config"]["steps"] == 100000 and record["complete"] is False
