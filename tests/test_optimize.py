@@ -159,10 +159,10 @@ def test_fp16_loss_scaling_keeps_gradients_that_fp16_flushes_to_zero(vqgan, clip
 
 
 class _OverflowAt:
-    """Wraps a CLIP so that its backward overflows (an inf gradient) on chosen calls of encode_image."""
+    """Wraps a CLIP so that its backward overflows (an inf gradient, or `bad`) on chosen calls of encode_image."""
 
-    def __init__(self, clip, calls):
-        self.clip, self.calls, self.n = clip, set(calls), 0
+    def __init__(self, clip, calls, bad=float("inf")):
+        self.clip, self.calls, self.n, self.bad = clip, set(calls), 0, bad
 
     def __getattr__(self, name):
         return getattr(self.clip, name)
@@ -171,7 +171,7 @@ class _OverflowAt:
         out = self.clip.encode_image(x)
         self.n += 1
         if self.n in self.calls:
-            out.register_hook(lambda grad: grad * float("inf"))
+            out.register_hook(lambda grad: grad * self.bad)
         return out
 
 
@@ -190,3 +190,28 @@ def test_fp16_overflow_skips_the_step_lowers_the_scale_and_recovers(vqgan, clip)
     assert steps[2].scale == steps[1].scale / 2 and steps[3].scale == steps[2].scale
     for latent in latents:
         assert torch.isfinite(decode_image(vqgan, latent)).all()
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_step_whose_gradient_is_not_finite_is_skipped_and_z_never_takes_a_nan(vqgan, clip, dtype):
+    guide = _guide(clip, cutn=4, augment=())
+    guide.clip = _OverflowAt(clip, calls={3}, bad=float("nan"))  # the third step's gradient is NaN
+    z = _latent(vqgan, seed=4)
+    latents = [z.detach().clone()]
+    steps = []
+    for step in optimize(vqgan, [guide], z, 5, generator=torch.Generator().manual_seed(0), dtype=dtype):
+        steps.append(step)
+        latents.append(step.z)
+    assert [s.skipped for s in steps] == [False, False, True, False, False]
+    assert torch.equal(latents[3], latents[2]) and not torch.equal(latents[4], latents[3])
+    assert all(torch.isfinite(latent).all() for latent in latents)
+
+
+def test_nearly_opposite_directions_have_a_finite_distance_gradient():
+    """Rounding can put the half chord of opposite directions at 1, where arcsin's gradient is infinite."""
+    v = torch.randn(64, generator=torch.Generator().manual_seed(1))  # one where the old formula gave NaN
+    x = (v * 3).requires_grad_(True)
+    d = spherical_dist(x, -v)
+    d.backward()
+    assert d.item() == pytest.approx(torch.pi**2 / 2, rel=5e-3)  # 2 * (pi / 2) ** 2: half a great circle
+    assert torch.isfinite(x.grad).all()

@@ -56,10 +56,14 @@ def decode_image(vqgan, z: torch.Tensor) -> torch.Tensor:
         return synth(vqgan, z.detach().float())
 
 
+HALF_CHORD_MAX = 1 - 1e-6  # arcsin's gradient is infinite at 1, where rounding can put opposite directions
+
+
 def spherical_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared great-circle distance between the directions of x and y (broadcast over leading dims)."""
+    """Squared great-circle distance between the directions of x and y (broadcast over leading dims). The
+    half chord is kept just below 1, so nearly opposite directions give a finite gradient, not NaN."""
     x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
-    return (x - y).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
+    return (x - y).norm(dim=-1).div(2).clamp(max=HALF_CHORD_MAX).arcsin().pow(2).mul(2)
 
 
 @dataclass
@@ -120,7 +124,7 @@ class OptimStep:
     losses: tuple[float, ...]  # each target's loss, CLIP by CLIP, then the init pull if any
     phase: int  # the story phase of this step
     z: torch.Tensor  # the latent after the step (a detached copy)
-    skipped: bool = False  # fp16: the gradient overflowed, z was left as it was and the loss scale lowered
+    skipped: bool = False  # the gradient was not finite: z was left as it was (fp16: and the scale lowered)
     scale: float = 1.0  # fp16: the loss scale the next step uses
 
 
@@ -225,11 +229,18 @@ def optimize(
                 pull = F.mse_loss(z, z_init) * (init_weight / 2)
                 scaler.scale(pull).backward()
                 losses.append(pull.detach())
-        # 4. Adam step (skipped by the scaler if the gradient overflowed), then keep z in the codebook's range.
+        # 4. Adam step, skipped when the gradient is not finite (fp16: the scaler also lowers its scale), so
+        # z never takes a NaN; then keep z in the codebook's range.
         with timer("optimiser"):
-            scale = scaler.get_scale()
-            scaler.step(opt)
-            scaler.update()
+            if scaler.is_enabled():
+                scale = scaler.get_scale()
+                scaler.step(opt)
+                scaler.update()
+                skipped = scaler.get_scale() < scale
+            else:
+                skipped = not bool(torch.isfinite(z.grad).all())
+                if not skipped:
+                    opt.step()
             with torch.no_grad():
                 z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
         if transform is not None and transform_every and (i + 1) % transform_every == 0 and i + 1 < steps:
@@ -243,6 +254,6 @@ def optimize(
             tuple(values),
             phase,
             z.detach().clone(),
-            skipped=scaler.get_scale() < scale,
+            skipped=skipped,
             scale=scaler.get_scale(),
         )
