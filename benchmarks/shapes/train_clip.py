@@ -1,10 +1,13 @@
 """Train one of the shapes world's two tiny CLIPs contrastively on (cutout of a render, caption) pairs.
 
-The image tower sees what vqclip's optimisation shows a CLIP: random crops between the CLIP's input size
-and the whole image, area-resized, with the same kornia augmentations and noise (`vqclip.cutouts`). The
-captions use the training phrasings only; zero-shot accuracy is reported on held-out renders with the
-training phrasing and with the held-out phrasings. Several images of one class can share a batch, so
-the contrastive targets treat every caption of the image's class as a positive (soft InfoNCE).
+The image tower sees what vqclip's optimisation shows a CLIP: crops between the CLIP's input size and the
+whole image that hold the whole shape, area-resized, half of them with the same kornia augmentations and
+noise (`vqclip.cutouts`), half with the noise only. Each batch is groups of one colour on one background
+in every shape, so the shape is what tells a group's images apart; captions naming only the shape and an
+auxiliary linear shape classifier on the image embedding (not saved) get the shape learnt at all (see
+`clip_loss`). The captions use the training phrasings only; zero-shot accuracy is reported on held-out
+renders with the training phrasing and with the held-out phrasings. Several images of one class share a
+batch, so the contrastive targets treat every caption of the image's class as a positive (soft InfoNCE).
 
 Saved in OpenAI CLIP's state-dict layout (QuickGELU, vocabulary 49408, context 77, widths multiples of
 64 so OpenAI's loader infers the heads) in fp16, with an open_clip model config beside it:
