@@ -99,3 +99,34 @@ def test_judge_is_right_on_held_out_renders():
     verdicts = judge(images, load_judge())
     right = [v.check(s.shape, s.colour, s.background)["all"] for v, s in zip(verdicts, scenes, strict=True)]
     assert sum(right) / len(right) >= 0.98
+
+
+def test_clip_a_tells_shapes_colours_and_backgrounds_apart():
+    """Zero-shot on held-out renders with a held-out phrasing: the nearest of the 90 class captions.
+    Here 89.5 % (the first CLIP A, 37 % on shapes, scored 36.5 %); on 1000 renders 94.7 % with the training
+    phrasing, 92.8 % over the held-out phrasings (weights README)."""
+    import json
+
+    import open_clip
+    import torch.nn.functional as F
+
+    from vqclip.models.clip import OPENAI_MEAN, OPENAI_STD
+
+    cfg = json.loads((WEIGHTS / "shapes-a.json").read_text())
+    model = open_clip.CLIP(**cfg)
+    model.load_state_dict({k: v.float() for k, v in torch.load(WEIGHTS / "shapes-a.pt", weights_only=True).items()})
+    model.eval()
+    scenes, images = held_out(200)
+    size = cfg["vision_cfg"]["image_size"]
+    mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    x = (F.interpolate(images, size=(size, size), mode="area") - mean) / std
+    classes = all_classes()
+    texts = [HELDOUT_TEMPLATES[0].format(shape=s, colour=c, background=b) for s, c, b in classes]
+    with torch.no_grad():
+        sims = (
+            F.normalize(model.encode_image(x), dim=-1)
+            @ F.normalize(model.encode_text(open_clip.tokenize(texts)), dim=-1).t()
+        )
+    guesses = [classes[i] for i in sims.argmax(1).tolist()]
+    right = [g == (s.shape, s.colour, s.background) for g, s in zip(guesses, scenes, strict=True)]
+    assert sum(right) / len(right) >= 0.85

@@ -294,13 +294,16 @@ _SHAPES = [
         WeightSpec(
             name=f"shapes-{which}",
             kind="clip",
-            description=f"shapes world CLIP {which.upper()}, 48 px ({role}; ships with vqclip)",
+            description=f"shapes world CLIP {which.upper()}, {arch} ({role}; ships with vqclip)",
             clip_arch=f"shapes-{which}",
             license="MIT",
             path=str(_SHAPES_WEIGHTS / f"shapes-{which}.pt"),
             local_config=str(_SHAPES_WEIGHTS / f"shapes-{which}.json"),  # the open_clip model config
         )
-        for which, role in (("a", "guides the quality benchmark"), ("b", "scores it"))
+        for which, arch, role in (
+            ("a", "ResNet, 64 px", "guides the quality benchmark"),
+            ("b", "ViT, 48 px", "scores it"),
+        )
     ),
 ]
 

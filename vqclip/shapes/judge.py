@@ -89,11 +89,15 @@ def to_tensor(images) -> torch.Tensor:
 
 
 @torch.no_grad()
+def probabilities(images, model: Judge | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax probabilities of shape (N, 5), colour (N, 6) and background (N, 3) for each image."""
+    model = model or load_judge()
+    return tuple(logits.softmax(-1) for logits in model(to_tensor(images)))
+
+
 def judge(images, model: Judge | None = None) -> list[Verdict]:
     """The judge's verdict on each image (PIL images or tensors in [0, 1])."""
-    model = model or load_judge()
-    logits = model(to_tensor(images))
-    probs = [lg.softmax(-1) for lg in logits]
+    probs = probabilities(images, model)
     names = (SHAPES, list(COLOURS), list(BACKGROUNDS))
     verdicts = []
     for k in range(len(probs[0])):
