@@ -165,8 +165,11 @@ class Cutouts(nn.Module):
         rows = self.weights(y, sizes, height, self.cut_size).to(img.dtype)  # (n, s, H)
         cols = self.weights(x, sizes, width, self.cut_size).to(img.dtype)  # (n, s, W)
         cuts = (rows[:, None] @ img @ cols[:, None].transpose(-1, -2)).float()  # (n, 3, s, s)
-        for aug, (per_cutout, shared) in zip(self.augs, draw.augment, strict=True):
-            cuts = aug(cuts, params={**per_cutout, **shared})
+        # kornia's geometry in fp32 whatever the autocast: in bf16 a perspective's homography solve can come
+        # out singular and warp a cutout to NaN (seen within 40 steps on the shapes world's CLIP A)
+        with torch.autocast(cuts.device.type, enabled=False):
+            for aug, (per_cutout, shared) in zip(self.augs, draw.augment, strict=True):
+                cuts = aug(cuts, params={**per_cutout, **shared})
         if draw.noise is not None:
             cuts = cuts + draw.noise.to(cuts.device)
         return cuts
