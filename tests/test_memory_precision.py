@@ -161,18 +161,9 @@ def test_bf16_fits_larger_canvases_than_fp32(full_size):
     assert 384 <= sides["fp32"] < sides["bf16"]
 
 
-def test_a_single_run_frees_the_text_towers_and_a_reused_models_keeps_them(fixtures, tiny_clip):
-    cfg = GenerationConfig(
-        prompt="a red apple",
-        vqgan=str(fixtures / "vqgan_tiny_f16.ckpt"),
-        clip=(tiny_clip,),
-        size=(32, 32),
-        steps=2,
-        seed=1,
-        cutn=4,
-        precision="fp32",
-    )
-    models = load_models(cfg)
+def test_a_single_run_frees_the_text_towers_and_a_reused_models_keeps_them(models_and_cfg):
+    cfg = replace(models_and_cfg[1], size=(32, 32), steps=2, seed=1, cutn=4)
+    models = load_models(cfg)  # its own: this test drops the towers
     text = sum(c.text_tower_bytes() for c in models.clips)
     reused = prepare(cfg, models)  # the models may serve another job: the plan keeps the towers
     last = prepare(cfg, models, last_job=True)  # the CLI's single image
