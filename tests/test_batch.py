@@ -207,42 +207,24 @@ def test_zoom_grows_content_and_shift_moves_it():
 
 
 def test_example_scripts_run_as_written(tmp_path, models, ffmpeg):
-    env = {**os.environ, "VQCLIP": f"{sys.executable} -m vqclip"}
-    env["VQCLIP"] = str(tmp_path / "vqclip")
     (tmp_path / "vqclip").write_text(f'#!/bin/sh\nexec {sys.executable} -m vqclip "$@"\n')
     (tmp_path / "vqclip").chmod(0o755)
+    env = {**os.environ, "VQCLIP": str(tmp_path / "vqclip")}  # PATH holds the ffmpeg fixture's folder
     quick = [*models, "--steps", "2"]
-    r = subprocess.run(
-        ["bash", ROOT / "examples/batch.sh", ROOT / "examples/prompts.txt", tmp_path / "out", *quick],
-        env=env,
-        capture_output=True,
-        cwd=tmp_path,
-    )
+
+    def example(script, *args):
+        return subprocess.run(["bash", ROOT / "examples" / script, *args], env=env, capture_output=True, cwd=tmp_path)
+
+    r = example("batch.sh", ROOT / "examples/prompts.txt", tmp_path / "out", *quick)
     assert r.returncode == 0, r.stderr.decode()
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
-    r = subprocess.run(
-        ["bash", ROOT / "examples/zoom.sh", "a spiral", tmp_path / "z", *quick, "--frames-every", "1"],
-        env=env,
-        capture_output=True,
-        cwd=tmp_path,
-    )
+    r = example("zoom.sh", "a spiral", tmp_path / "z", *quick, "--frames-every", "1")
     assert r.returncode == 0, r.stderr.decode()
     assert len(list((tmp_path / "z").glob("frame-*.png"))) == 2
-    env["PATH"] = os.environ["PATH"]  # with the ffmpeg fixture's folder
-    r = subprocess.run(
-        ["bash", ROOT / "examples/to_video.sh", "a cat", tmp_path / "v.mp4", *quick],
-        env=env,
-        capture_output=True,
-        cwd=tmp_path,
-    )
+    r = example("to_video.sh", "a cat", tmp_path / "v.mp4", *quick)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().strip() == str(tmp_path / "v.mp4") and (tmp_path / "v.mp4").stat().st_size > 0
     # when vqclip fails, the script ends with vqclip's code and message, not ffmpeg's "End of file"
-    r = subprocess.run(
-        ["bash", ROOT / "examples/to_video.sh", "a cat", tmp_path / "w.mp4", *quick, "--vqgan", "no_such_model"],
-        env=env,
-        capture_output=True,
-        cwd=tmp_path,
-    )
+    r = example("to_video.sh", "a cat", tmp_path / "w.mp4", *quick, "--vqgan", "no_such_model")
     assert r.returncode == 2, r.stderr.decode()
     assert b"no_such_model" in r.stderr and b"End of file" not in r.stderr and not (tmp_path / "w.mp4").exists()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vqclip import memory
 from vqclip.animation import latent_transform
 from vqclip.device import autocast
 from vqclip.events import Progress, ProgressFn, ignore
@@ -102,9 +103,7 @@ def run_guided(
     z = z.clone().float() if z is not None else initial_latent(models, cfg, generator)
     targets = guides(models, cfg, generator)
     if drop_text_towers:
-        from vqclip.memory import drop_text_towers as drop
-
-        drop(models)
+        memory.drop_text_towers(models)
     n_phases = len(targets[0].phases)
     models.vqgan.set_checkpointing(plan.checkpointing)
     loop = optimize(
