@@ -3,10 +3,11 @@
 from dataclasses import replace
 
 import pytest
+from PIL import Image
 
 from tests.conftest import tiny_args
 from vqclip.config import GenerationConfig
-from vqclip.errors import OutOfMemoryError
+from vqclip.errors import OutOfMemoryError, UsageError
 from vqclip.job import prepare
 from vqclip.loading import load_models
 from vqclip.memory import MARGIN, estimate, largest_square, make_plan
@@ -175,6 +176,17 @@ def test_a_single_run_frees_the_text_towers_and_a_reused_models_keeps_them(model
     assert first.image.tobytes() == again.image.tobytes()  # the image tower alone did the steps
     with pytest.raises(RuntimeError, match="text tower was dropped"):
         run(prepare(cfg, models), models)
+
+
+def test_models_loaded_without_the_encoder_refuse_an_init_image_in_one_sentence(models_and_cfg, tmp_path):
+    cfg = replace(models_and_cfg[1], size=(32, 32), steps=1, cutn=4)
+    models = load_models(cfg)  # nothing to encode: the encoder is dropped to save memory
+    init = tmp_path / "init.png"
+    Image.new("RGB", (32, 32), "red").save(init)
+    with pytest.raises(UsageError, match="no encoder, which init_image") as err:
+        generate(replace(cfg, init_image=str(init)), models=models)
+    assert "load_models" in err.value.hint
+    assert generate(replace(cfg, init_image=str(init)), models=load_models(replace(cfg, init_image=str(init))))
 
 
 def test_the_estimate_is_within_10_percent_of_every_measured_peak(full_size):

@@ -135,6 +135,11 @@ class GenerationConfig:
     def animated(self) -> bool:
         return self.zoom != 1.0 or self.rotate != 0.0 or tuple(self.shift) != (0.0, 0.0)
 
+    @property
+    def encodes_images(self) -> bool:
+        """Whether the run needs the VQGAN's encoder: an init image, a noise init or animation frames."""
+        return self.init_image is not None or self.init == "noise" or self.animated
+
     def with_seed(self) -> "GenerationConfig":
         """The config with its seed fixed (a random one when none was given), so that the file name, the
         metadata and the run all carry the same seed."""

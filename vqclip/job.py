@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vqclip.config import GenerationConfig, round_size
+from vqclip.errors import UsageError
 from vqclip.memory import Plan, make_plan
 
 
@@ -65,6 +66,12 @@ def prepare(
     `stop_after` ends the run early (a replay of an interrupted run). `last_job`: the models serve no other
     job, so a plain run frees the CLIP text towers once its prompts are encoded, and the plan counts on it
     (a canvas encodes its prompts again at the full size and keeps them)."""
+    if cfg.encodes_images and models.vqgan.encoder is None:
+        raise UsageError(
+            "These models were loaded for a config that encodes no image, so their VQGAN has no encoder, "
+            "which init_image, init='noise' and animation need.",
+            "Load the models with vqclip.load_models(cfg) for a config that sets one of those.",
+        )
     cfg, inputs = resolve_inputs(cfg.with_seed())
     drop = last_job and not cfg.transformer
     f = models.vqgan.factor

@@ -278,7 +278,7 @@ def prepare_for_speed(models: Models, cfg) -> None:
     if models.dtype is not None:
         for clip in models.clips:
             clip.cast_image_tower(models.dtype)
-    if not (cfg.init_image is not None or cfg.init == "noise" or cfg.animated):
+    if not cfg.encodes_images:
         models.vqgan.drop_encoder()
     if cfg.compile:
         models.vqgan.decoder.compile()
