@@ -1,8 +1,9 @@
 """What guidance does to the picture, judged in the shapes world: the shipped VQGAN and CLIP A guide, and the
 judge (a CNN that shares nothing with the CLIPs) says what the image shows.
 
-The shapes are not yet drawn right (issue 11: the tiny CLIP is satisfied by fragments), so these tests ask
-for what guidance already controls, the colour, and each compares against a run that differs only in the
+The shapes are not yet drawn right (issue 11: the shapes VQGAN cannot draw four of the six colours, and
+guidance rarely draws the prompt's shape; benchmarks/RESULTS.md), so these tests ask for what guidance
+already controls, the colour, and each compares against a run that differs only in the
 feature. Checked by breaking it: with the sign of the spherical distance flipped, the prompt's blue turns
 orange and `test_the_prompts_colour_is_what_the_judge_sees` fails.
 """
