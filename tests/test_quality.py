@@ -3,15 +3,20 @@ judge (a CNN that shares nothing with the CLIPs) says what the image shows.
 
 The shapes are not yet drawn right (issue 11: the shapes VQGAN cannot draw four of the six colours, and
 guidance rarely draws the prompt's shape; benchmarks/RESULTS.md), so these tests ask for what guidance
-already controls, the colour, and each compares against a run that differs only in the
-feature. Checked by breaking it: with the sign of the spherical distance flipped, the prompt's blue turns
-orange and `test_the_prompts_colour_is_what_the_judge_sees` fails.
+already controls (the colour, story phases, an init image's shape), and each compares against a run that
+differs only in the feature. Checked by breaking it: with the sign of the spherical distance flipped, the
+prompt's blue turns orange and `test_the_prompts_colour_is_what_the_judge_sees` fails; with the phase
+stuck at the first, the story test fails; with init_weight ignored, the init test fails.
+
+`test_pinned_pixels` pins a few values of one short fixed-seed run, so that any change to the pixels is
+seen (the same values with 1 and 2 threads and with oneDNN limited to AVX2).
 """
 
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vqclip import generate
 from vqclip.config import GenerationConfig
@@ -68,3 +73,48 @@ def test_bf16_reaches_the_same_verdict_as_fp32(the_judge):
 def test_two_clips_guide_together(the_judge):
     both = replace(BASE, clip=(CLIP_A, CLIP_B), seed=1)
     assert colour_of(both, load_models(both), the_judge) == "blue"
+
+
+def test_story_phases_change_the_judged_colour(models, the_judge):
+    """Blue for the first 60 steps, then orange: the phase boundary changes what the judge sees."""
+    story = replace(BASE, prompt="a blue circle on a black background ^ an orange circle on a black background")
+    seen = {}
+
+    def watch(step):
+        if step.i == 60:
+            seen["first phase"] = judge(step.image(), the_judge)[0].colour
+
+    last = judge(generate(replace(story, steps=120, seed=1), models=models, callback=watch).image, the_judge)[0]
+    assert seen["first phase"] == "blue" and last.colour != "blue", (seen, last)
+
+
+def test_an_init_image_with_init_weight_keeps_its_shape(the_judge, tmp_path):
+    path = tmp_path / "blue-square.png"
+    render(sample_scene(np.random.default_rng(3), shape="square", colour="blue", background="white")).save(path)
+    cfg = replace(BASE, prompt="a blue square on a white background", init_image=str(path), seed=1)
+    models = load_models(cfg)
+    init = np.asarray(Image.open(path), dtype=float)
+    kept, free = (generate(replace(cfg, init_weight=w), models=models).image for w in (10, 0))
+    assert judge(kept, the_judge)[0].shape == "square"
+    # without the pull, guidance redraws it (measured: a star, 19 levels from the init against 7)
+    assert np.abs(np.asarray(kept, dtype=float) - init).mean() < np.abs(np.asarray(free, dtype=float) - init).mean() / 2
+
+
+# To update after a change that is meant to change the pixels: run this test, and copy the values its
+# failure prints into PINNED (say why in the commit).
+PINNED = {
+    "mean": [120.4, 111.98, 114.42],
+    "pixels": [[121, 91, 74], [118, 121, 120], [114, 91, 79], [130, 129, 122]],
+}
+
+
+def test_pinned_pixels():
+    cfg = replace(BASE, size=(64, 64), steps=3, seed=1, cutn=8)
+    image = np.asarray(generate(cfg).image).astype(int)
+    got = {
+        "mean": image.mean((0, 1)).round(2).tolist(),
+        "pixels": image[[8, 24, 40, 56], [8, 40, 24, 56]].tolist(),
+    }
+    assert np.allclose(got["mean"], PINNED["mean"], atol=0.5) and np.allclose(
+        got["pixels"], PINNED["pixels"], atol=2
+    ), f"the pixels changed; if that is intended, set PINNED = {got}"
