@@ -21,8 +21,9 @@ from vqclip.models.vqgan import VQGAN, VQGANConfig
 
 # Known weakness: taming's GroupNorm has 32 groups, so with 32 channels at full resolution each channel is
 # normalised on its own, which erases absolute colour before the last convolution. This model learns to
-# steer the statistics (dots in the corners) and still shifts some colours (green -> gray, yellow ->
-# orange in reconstructions, 20.7 dB). 64 channels (2 per group) is the fix; it costs 4x at full size.
+# steer the statistics (dots in the corners) and still loses colours: only blue and orange survive a
+# reconstruction as the judge sees it (20.7 dB). 64 channels (2 per group) was tried: 22.0 dB, and still
+# red, yellow and purple lost (benchmarks/RESULTS.md), so the group width is not the whole cause.
 CONFIG = VQGANConfig(
     embed_dim=32,
     n_embed=512,
