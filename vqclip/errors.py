@@ -85,6 +85,26 @@ class Interrupted(VqclipError):
         self.signal_name, self.exit_code, self.saved, self.steps_done = signal_name, exit_code, saved, steps_done
 
 
+_RECEIVED: list[tuple[str, int]] = []  # signals the CLI's handlers saw, until main() returns
+
+
+def note_signal(signal_name: str, exit_code: int) -> None:
+    """Record a signal as the CLI's handler raises its exception (vqclip.cli.app)."""
+    _RECEIVED.append((signal_name, exit_code))
+
+
+def forget_signals() -> None:
+    _RECEIVED.clear()
+
+
+def stop_if_signalled() -> None:
+    """Raise Interrupted for a signal already received. A handler's exception can be lost on its way up
+    (raised where Python only reports exceptions, such as a finaliser); checked once per step, this still
+    stops the run at the next step instead of letting it go on."""
+    if _RECEIVED:
+        raise Interrupted(*_RECEIVED[-1])
+
+
 class FramePipeClosed(VqclipError):
     """The reader of the frame stream went away (`| head`): the run ends quietly, the latest image kept."""
 

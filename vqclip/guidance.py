@@ -10,6 +10,7 @@ import torch
 from vqclip import memory
 from vqclip.animation import latent_transform
 from vqclip.device import autocast
+from vqclip.errors import stop_if_signalled
 from vqclip.events import Progress, ProgressFn, ignore
 from vqclip.images import load_image, open_image, to_pil, to_tensor
 from vqclip.optimize import Guide, Target, decode_image, embed_image_prompt, optimize
@@ -122,6 +123,7 @@ def run_guided(
     )
     loss, done = float("nan"), 0
     for state in loop:
+        stop_if_signalled()  # a signal whose exception was lost on its way up still ends the run here
         loss, done = state.loss, state.i
         if on_step is not None:  # first: a step that was reported is a step that is kept
             image = lambda latent=state.z: decode(models, latent)  # noqa: E731

@@ -8,7 +8,7 @@ import sys
 import click
 
 from vqclip import __version__
-from vqclip.errors import ExitCode, FramePipeClosed, Interrupted, VqclipError
+from vqclip.errors import ExitCode, FramePipeClosed, Interrupted, VqclipError, forget_signals, note_signal
 
 STDOUT = {"taken": False}  # True while frames stream on stdout: then nothing else may be written there
 
@@ -58,7 +58,13 @@ SIGNALS = {"SIGTERM": ExitCode.TERMINATED, "SIGHUP": ExitCode.HANGUP}
 
 def _on_signal(signum, frame):
     name = signal.Signals(signum).name
+    note_signal(name, SIGNALS[name])
     raise Interrupted(name, SIGNALS[name])
+
+
+def _on_ctrl_c(signum, frame):
+    note_signal("Ctrl-C", ExitCode.INTERRUPTED)
+    raise KeyboardInterrupt
 
 
 def _handle_signals() -> dict:
@@ -66,11 +72,12 @@ def _handle_signals() -> dict:
     the latest image is saved (vqclip.render) and the process exits 143 / 129. Returns the handlers they
     replaced, for `main()` to put back (it may be called in-process, from a program of the user's)."""
     previous = {}
-    for name in SIGNALS:
+    handlers = {"SIGINT": _on_ctrl_c} | {name: _on_signal for name in SIGNALS}
+    for name, handler in handlers.items():
         if hasattr(signal, name):
             number = getattr(signal, name)
             try:
-                previous[number] = signal.signal(number, _on_signal)
+                previous[number] = signal.signal(number, handler)
             except ValueError:  # not the main thread (main() called from a worker): leave them be
                 break
     return previous
@@ -107,6 +114,7 @@ def main(argv=None) -> None:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        forget_signals()
 
 
 def _run(argv, debug: bool) -> None:
