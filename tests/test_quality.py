@@ -44,6 +44,19 @@ def colour_of(cfg, models, the_judge) -> str:
     return judge(generate(cfg, models=models).image, the_judge)[0].colour
 
 
+def test_the_prompts_shape_and_colour_are_what_the_judge_sees_within_100_steps(models, the_judge):
+    """Two prompts that differ only in the shape, three seeds each: the judge calls at least 2 of 3 fully
+    right (shape, colour, background) after 100 steps (measured: 3 of 3 for both, and seed 4 too). The
+    same seeds draw a hexagon or a star as the prompt says, so the shape comes from the prompt."""
+    for shape in ("hexagon", "star"):
+        prompt = f"a yellow {shape} on a gray background"
+        verdicts = [
+            judge(generate(replace(BASE, prompt=prompt, steps=100, seed=s), models=models).image, the_judge)[0]
+            for s in (1, 2, 3)
+        ]
+        assert sum(v.check(shape, "yellow", "gray")["all"] for v in verdicts) >= 2, (prompt, verdicts)
+
+
 def test_the_prompts_colour_is_what_the_judge_sees(models, the_judge):
     verdicts = [judge(generate(replace(BASE, seed=s), models=models).image, the_judge)[0] for s in (1, 2, 3)]
     assert [v.colour for v in verdicts] == ["blue"] * 3, verdicts
@@ -76,8 +89,8 @@ def test_two_clips_guide_together(the_judge):
 
 
 def test_story_phases_change_the_judged_colour(models, the_judge):
-    """Blue for the first 60 steps, then orange: the phase boundary changes what the judge sees."""
-    story = replace(BASE, prompt="a blue circle on a black background ^ an orange circle on a black background")
+    """Yellow for the first 60 steps, then purple: the phase boundary changes what the judge sees."""
+    story = replace(BASE, prompt="a yellow circle on a gray background ^ a purple circle on a gray background")
     seen = {}
 
     def watch(step):
@@ -85,7 +98,14 @@ def test_story_phases_change_the_judged_colour(models, the_judge):
             seen["first phase"] = judge(step.image(), the_judge)[0].colour
 
     last = judge(generate(replace(story, steps=120, seed=1), models=models, callback=watch).image, the_judge)[0]
-    assert seen["first phase"] == "blue" and last.colour != "blue", (seen, last)
+    assert seen["first phase"] == "yellow" and last.colour == "purple", (seen, last)
+
+
+def blue_overlap(image, init) -> float:
+    """Intersection over union of the clearly blue pixels of two images."""
+    a, b = (np.asarray(im.convert("RGB"), dtype=int) for im in (image, init))
+    blue_a, blue_b = ((x[..., 2] - np.maximum(x[..., 0], x[..., 1])) > 60 for x in (a, b))
+    return (blue_a & blue_b).sum() / (blue_a | blue_b).sum()
 
 
 def test_an_init_image_with_init_weight_keeps_its_shape(the_judge, tmp_path):
@@ -93,18 +113,18 @@ def test_an_init_image_with_init_weight_keeps_its_shape(the_judge, tmp_path):
     render(sample_scene(np.random.default_rng(3), shape="square", colour="blue", background="white")).save(path)
     cfg = replace(BASE, prompt="a blue square on a white background", init_image=str(path), seed=1)
     models = load_models(cfg)
-    init = np.asarray(Image.open(path), dtype=float)
+    init = Image.open(path)
     kept, free = (generate(replace(cfg, init_weight=w), models=models).image for w in (10, 0))
     assert judge(kept, the_judge)[0].shape == "square"
-    # without the pull, guidance redraws it (measured: a star, 19 levels from the init against 7)
-    assert np.abs(np.asarray(kept, dtype=float) - init).mean() < np.abs(np.asarray(free, dtype=float) - init).mean() / 2
+    # without the pull, guidance redraws it (measured: a star overlapping the square by 0.37, against 0.73)
+    assert blue_overlap(kept, init) > 0.6 and blue_overlap(free, init) < blue_overlap(kept, init) - 0.2
 
 
 # To update after a change that is meant to change the pixels: run this test, and copy the values its
 # failure prints into PINNED (say why in the commit).
 PINNED = {
-    "mean": [120.4, 111.98, 114.42],
-    "pixels": [[121, 91, 74], [118, 121, 120], [114, 91, 79], [130, 129, 122]],
+    "mean": [128.49, 91.26, 162.62],
+    "pixels": [[98, 84, 198], [145, 101, 143], [103, 90, 199], [142, 101, 137]],
 }
 
 
