@@ -1,12 +1,14 @@
 """What guidance does to the picture, judged in the shapes world: the shipped VQGAN and CLIP A guide, and the
 judge (a CNN that shares nothing with the CLIPs) says what the image shows.
 
-The shapes are not yet drawn right (issue 11: the shapes VQGAN cannot draw four of the six colours, and
-guidance rarely draws the prompt's shape; benchmarks/RESULTS.md), so these tests ask for what guidance
-already controls (the colour, story phases, an init image's shape), and each compares against a run that
-differs only in the feature. Checked by breaking it: with the sign of the spherical distance flipped, the
-prompt's blue turns orange and `test_the_prompts_colour_is_what_the_judge_sees` fails; with the phase
-stuck at the first, the story test fails; with init_weight ignored, the init test fails.
+Guidance draws the prompt's colour and background, and some shapes (the quality suite: 42 % of its prompts
+fully right; circles and squares fail most, benchmarks/RESULTS.md), so the shape test uses two prompts it
+draws (a yellow hexagon, a yellow star), and the other tests compare against a run that differs only in
+the feature. Checked by breaking each once: with the sign of the spherical distance flipped, or with
+CLIP's normalisation mean and std swapped, the shape test fails (blue on white, or stars); with the cutouts
+detached from the image, the colour test fails (an earlier model); with the phase stuck at the first, the
+story test fails; with init_weight ignored, the init test fails. Not caught: every cutout placed at the
+top-left corner (the largest still cover the image; `tests/test_cutouts.py` checks the boxes).
 
 `test_pinned_pixels` pins a few values of one short fixed-seed run, so that any change to the pixels is
 seen (the same values with 1 and 2 threads and with oneDNN limited to AVX2).
