@@ -13,8 +13,9 @@ positive (soft InfoNCE).
 Stage 2 (`--finetune STAGE1.pt`, CLIP A as shipped): 250 more steps from the stage-1 weights that add
 what guidance draws as negatives under a "junk" caption (shuffled tiles of renders, scattered blobs, and
 the decoded images of guidance runs against the model being trained), and renders decoded by the shapes
-VQGAN as positives (see `robust_finetune`). Guidance then draws one coherent shape instead of scattered
-fragments; what the shapes VQGAN cannot draw (red, yellow, green, purple) it still cannot.
+VQGAN as positives (see `robust_finetune`), so it depends on the shipped VQGAN: rerun it after the VQGAN
+changes. Guidance then draws one to three coherent blobs of the prompt's colour instead of scattered
+fragments.
 
 Saved in OpenAI CLIP's state-dict layout (QuickGELU, vocabulary 49408, context 77, widths multiples of
 64 so OpenAI's loader infers the heads) in fp16, with an open_clip model config beside it:
@@ -224,9 +225,9 @@ def all_classes_labels() -> list[tuple[int, int, int]]:
 #   tiles and shuffled, scattered blurred blobs (mostly of the group's colour), and the images of a small
 #   pool of guidance runs against the model being trained (adversarial; see `AdversarialPool`);
 # - positives decoded by the shapes VQGAN (decode(encode(render)), a pool computed once), so the image
-#   tower sees the VQGAN's texture. The VQGAN shifts colours (red and yellow decode orange, green purple or
-#   brown, purple blue), so these also teach some shifted colours as right; without them (and with
-#   recoloured renders as junk instead) guidance drew fragments again (benchmarks/RESULTS.md).
+#   tower sees the VQGAN's texture (the first VQGAN also shifted colours, red and yellow to orange; the
+#   colour-balanced one does not); without them (and with recoloured renders as junk instead) guidance
+#   drew fragments again (benchmarks/RESULTS.md). Rerun stage 2 whenever the VQGAN changes.
 # Also tried and dropped: renders with patches of another background as junk (no better on backgrounds).
 
 JUNK_TEMPLATES = ("junk", "a mess", "scattered fragments", "a broken picture", "noise", "blobs")
