@@ -5,6 +5,9 @@ extra: matplotlib):
 
     python benchmarks/frontier.py --cases 12 --steps 100
 
+Each setting's line is written as soon as it finishes; `--resume` keeps the lines already in frontier.jsonl
+(from the same --cases and --steps) and runs only the settings that are missing.
+
 Tiny models are not the real ones: read the result as a hint, not as evidence for new defaults.
 """
 
@@ -38,9 +41,10 @@ def plot(table: dict[str, list[dict]], path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for label, summary in table.items():
+    for i, (label, summary) in enumerate(table.items()):
         xs, ys = [s["seconds"] for s in summary], [100 * s["all"] for s in summary]
-        style = {"color": "black", "linewidth": 2.5} if label == "default" else {"alpha": 0.8}
+        style = {"color": "black", "linewidth": 2.5} if label == "default" else {"color": plt.cm.tab20(i % 20)}
+        style["linestyle"] = "-" if i < 10 else "--"  # 14 settings: colours alone repeat
         ax.plot(xs, ys, marker="o", label=label, **style)
     ax.set_xlabel("seconds of optimisation per image (mean)")
     ax.set_ylabel("judged fully right (%)")
@@ -72,6 +76,7 @@ def main():
     p = settings_parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--only", help="comma-separated labels to run (default: all)")
+    p.add_argument("--resume", action="store_true", help="keep finished settings in frontier.jsonl, run the rest")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     records = tuple(r for r in RECORDS if r <= args.steps)
@@ -79,9 +84,19 @@ def main():
     if args.only:
         chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
     args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "frontier.jsonl"
     table, firsts = {}, {}
-    with open(args.out / "frontier.jsonl", "w") as f:
+    if args.resume and path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row["summary"][-1]["step"] != records[-1] or row.get("cases") not in (None, args.cases):
+                raise SystemExit(f"{path} holds a run with other --steps or --cases; resume it with the same ones.")
+            table[row["label"]], firsts[row["label"]] = row["summary"], row["first_right"]
+        print(f"resuming: {len(table)} settings already in {path}", flush=True)
+    with open(path, "a" if args.resume else "w") as f:
         for label, overrides in chosen.items():
+            if label in table:
+                continue
             env = machine()
             rows = run_suite(suite(args.cases), records, log=lambda _: None, **overrides)
             env["load_after"] = [round(v, 2) for v in os.getloadavg()]
@@ -91,6 +106,7 @@ def main():
                     {
                         "label": label,
                         "settings": overrides,
+                        "cases": args.cases,
                         "machine": env,
                         "summary": table[label],
                         "first_right": firsts[label],
