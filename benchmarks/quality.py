@@ -4,7 +4,10 @@ A fixed suite of prompts ("a red star on a white background", every shape, colou
 at 128x128 with fixed seeds, the shapes VQGAN and CLIP A guiding. At each recorded step the image is
 scored by two models that did not guide it: the judge (a CNN: shape, colour, background) and CLIP B
 (which of the 90 class captions it ranks first, and its similarity to the prompt). The judge also looks
-every few steps to find when it first calls the image right. Writes JSON lines, a contact sheet and a
+every few steps to find when it first calls the image right. CLIP A's own ranking is recorded too: an
+image that CLIP A ranks as the prompt but the judge calls wrong has fooled the guide (the optimisation
+reached its goal, and the guide's goal was wrong), where one that CLIP A does not rank first has not got
+there. Writes JSON lines, a contact sheet and a
 markdown table:
 
     python benchmarks/quality.py                        # the suite, default settings, 200 steps
@@ -59,12 +62,13 @@ def base_config(**overrides) -> GenerationConfig:
     return GenerationConfig(**(settings | overrides))
 
 
-class ClipB:
-    """CLIP B, which did not guide: does it rank the prompt's class caption first among all 90?"""
+class ClipRank:
+    """Does a CLIP rank the prompt's class caption first among all 90, on the whole image? Its fields are
+    named `{key}_top1` and `{key}_similarity`: CLIP B ("clip_b") did not guide, CLIP A ("clip_a") did."""
 
-    def __init__(self):
-        cfg = base_config(clip=(CLIP_B,), precision="fp32", device="cpu")
-        self.clip = vqclip.load_models(cfg).clips[0]
+    def __init__(self, spec: str, key: str):
+        cfg = base_config(clip=(spec,), precision="fp32", device="cpu")
+        self.clip, self.key = vqclip.load_models(cfg).clips[0], key
         self.captions = F.normalize(self.clip.encode_text([prompt(*c) for c in all_classes()]), dim=-1)  # (90, D)
 
     @torch.no_grad()
@@ -73,7 +77,7 @@ class ClipB:
         x = F.interpolate(to_tensor(image), size=(size, size), mode="area")
         sims = self.captions @ F.normalize(self.clip.encode_image(x).float(), dim=-1)[0]
         truth = all_classes().index((case.shape, case.colour, case.background))
-        return {"clip_b_top1": int(sims.argmax()) == truth, "clip_b_similarity": round(float(sims[truth]), 4)}
+        return {f"{self.key}_top1": int(sims.argmax()) == truth, f"{self.key}_similarity": round(float(sims[truth]), 4)}
 
 
 def run_case(case: Case, cfg: GenerationConfig, models, the_judge, records=RECORDS) -> dict:
@@ -104,16 +108,17 @@ def run_case(case: Case, cfg: GenerationConfig, models, the_judge, records=RECOR
 
 
 def run_suite(cases: list[Case], records=RECORDS, log=print, sink=None, **overrides) -> list[dict]:
-    """Every case with the given settings (GenerationConfig fields); the models load once. CLIP B scores
-    each case's recorded images after its run; `sink(row)` gets each finished row (partial results survive)."""
+    """Every case with the given settings (GenerationConfig fields); the models load once. CLIP B and
+    CLIP A score each case's recorded images after its run; `sink(row)` gets each finished row (partial results survive)."""
     cfg = base_config(**overrides)
     models = vqclip.load_models(cfg)
-    the_judge, clip_b = load_judge(), ClipB()
+    the_judge, clips = load_judge(), (ClipRank(CLIP_B, "clip_b"), ClipRank(CLIP_A, "clip_a"))
     rows = []
     for case in cases:
         row = run_case(case, cfg, models, the_judge, records)
         for record, image in zip(row["records"], row["images"], strict=True):
-            record.update(clip_b(image, case))
+            for clip in clips:
+                record.update(clip(image, case))
         last = row["records"][-1]
         log(
             f"{case.prompt!r:48} seed {case.seed}: judged {last['judge']!r} right={last['right']['all']} "
@@ -126,7 +131,8 @@ def run_suite(cases: list[Case], records=RECORDS, log=print, sink=None, **overri
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per recorded step: judge accuracy per attribute and overall, CLIP B top-1 and similarity, s/step."""
+    """Per recorded step: judge accuracy per attribute and overall, CLIP B top-1 and similarity, CLIP A
+    top-1 and how often it ranks first an image the judge calls wrong ("fooled"), s/step."""
     out = []
     for k, rec in enumerate(rows[0]["records"]):
         recs = [r["records"][k] for r in rows]
@@ -137,6 +143,8 @@ def summarise(rows: list[dict]) -> list[dict]:
                 **{a: sum(r["right"][a] for r in recs) / n for a in ("shape", "colour", "background", "all")},
                 "clip_b_top1": sum(r["clip_b_top1"] for r in recs) / n,
                 "clip_b_similarity": sum(r["clip_b_similarity"] for r in recs) / n,
+                "clip_a_top1": sum(r["clip_a_top1"] for r in recs) / n,
+                "fooled": sum(r["clip_a_top1"] and not r["right"]["all"] for r in recs) / n,
                 "seconds": sum(r["seconds"] for r in recs) / n,
                 "seconds_per_step": sum(r["seconds"] for r in recs) / n / rec["step"],
             }
@@ -155,13 +163,14 @@ def first_right(rows: list[dict]) -> dict:
 
 def markdown(summary: list[dict], first: dict) -> str:
     lines = [
-        "| steps | shape | colour | background | all three | CLIP B top-1 | CLIP B sim | s/step | seconds |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| steps | shape | colour | background | all three | CLIP B top-1 | CLIP B sim | CLIP A top-1 | fooled | s/step | seconds |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         lines.append(
             f"| {s['step']} | {s['shape']:.0%} | {s['colour']:.0%} | {s['background']:.0%} | **{s['all']:.0%}** | "
-            f"{s['clip_b_top1']:.0%} | {s['clip_b_similarity']:.3f} | {s['seconds_per_step']:.3f} | {s['seconds']:.1f} |"
+            f"{s['clip_b_top1']:.0%} | {s['clip_b_similarity']:.3f} | {s['clip_a_top1']:.0%} | {s['fooled']:.0%} | "
+            f"{s['seconds_per_step']:.3f} | {s['seconds']:.1f} |"
         )
     lines.append("")
     lines.append(

@@ -26,7 +26,7 @@ Saved in OpenAI CLIP's state-dict layout (QuickGELU, vocabulary 49408, context 7
     python benchmarks/shapes/train_clip.py --model b --threads 1   # -> shapes-b.json + shapes-b.pt (stage 1 only)
 
 Deterministic given --model, --seed, --steps, --threads (and stage 2's --finetune weights, --lr and
---vqgan-pool) and the torch/numpy/Pillow/kornia versions.
+--vqgan-pool, --adversary-life) and the torch/numpy/Pillow/kornia versions.
 """
 
 import json
@@ -379,7 +379,7 @@ def robust_finetune(args, spec, model, rng: np.random.Generator, generator: torc
     pool_images, pool_labels, pool_circles = vqgan_pool(vqgan, rng, args.vqgan_pool)
     print(f"VQGAN pool: {len(pool_images)} reconstructions ({time.perf_counter() - started:.0f} s)", flush=True)
     n_pool_groups = len(pool_images) // GROUP
-    adversaries = AdversarialPool(vqgan, rng, generator)
+    adversaries = AdversarialPool(vqgan, rng, generator, life=args.adversary_life)
     per_half = 38
     cut = Cutouts(size, per_half, augment=DEFAULT_AUGMENTS, noise_fac=0.1)
     plain = Cutouts(size, per_half, augment=(), noise_fac=0.1)
@@ -456,6 +456,7 @@ def main():
     p.add_argument("--finetune", type=Path, help="stage 2: start from these stage-1 weights (see robust_finetune)")
     p.add_argument("--lr", type=float, default=3e-4, help="stage 2's peak learning rate")
     p.add_argument("--vqgan-pool", type=int, default=120, help="stage 2: groups of VQGAN reconstructions")
+    p.add_argument("--adversary-life", type=int, default=60, help="stage 2: guidance steps before a pool run restarts")
     args = p.parse_args()
     spec = MODELS[args.model]
     args.seed = spec["seed"] if args.seed < 0 else args.seed
