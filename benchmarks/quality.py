@@ -7,8 +7,7 @@ scored by two models that did not guide it: the judge (a CNN: shape, colour, bac
 every few steps to find when it first calls the image right. CLIP A's own ranking is recorded too: an
 image that CLIP A ranks as the prompt but the judge calls wrong has fooled the guide (the optimisation
 reached its goal, and the guide's goal was wrong), where one that CLIP A does not rank first has not got
-there. Writes JSON lines, a contact sheet and a
-markdown table:
+there. Writes JSON lines, a contact sheet and a markdown table:
 
     python benchmarks/quality.py                        # the suite, default settings, 200 steps
     python benchmarks/quality.py --cutn 16 --label cutn16 --cases 8 --steps 100
@@ -109,7 +108,8 @@ def run_case(case: Case, cfg: GenerationConfig, models, the_judge, records=RECOR
 
 def run_suite(cases: list[Case], records=RECORDS, log=print, sink=None, **overrides) -> list[dict]:
     """Every case with the given settings (GenerationConfig fields); the models load once. CLIP B and
-    CLIP A score each case's recorded images after its run; `sink(row)` gets each finished row (partial results survive)."""
+    CLIP A score each case's recorded images after its run; `sink(row)` gets each finished row (partial
+    results survive)."""
     cfg = base_config(**overrides)
     models = vqclip.load_models(cfg)
     the_judge, clips = load_judge(), (ClipRank(CLIP_B, "clip_b"), ClipRank(CLIP_A, "clip_a"))

@@ -28,7 +28,7 @@ from vqclip.shapes.scenes import COLOURS, all_classes, render_array, sample_scen
 # Colours: the first model trained on uniform crops (mostly background) and lost red, yellow, green and
 # purple in reconstruction (only blue and orange were judged right), which bounded the quality suite at 33 %.
 # Width 64 (2 channels per GroupNorm group instead of 1) did not fix it; colour-balanced crops and a
-# heavier loss on shape pixels did (benchmarks/RESULTS.md, "The VQGAN draws every colour").
+# heavier loss on shape pixels did (benchmarks/RESULTS.md, "The quality suite now").
 CONFIG = VQGANConfig(
     embed_dim=32,
     n_embed=512,
