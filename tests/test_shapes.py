@@ -99,22 +99,13 @@ def test_the_vqgan_reconstructs_every_colour_and_shape():
     decoder cannot draw, guidance cannot draw either: the first VQGAN (uniform crops) kept only blue and
     orange (colour right 34 of 90); the shipped one, trained on crops centred on the shape, all six."""
     from vqclip.loading import load_vqgan
-    from vqclip.shapes.scenes import COLOURS
+    from vqclip.shapes.judge import judge_reconstructions
 
     vqgan = load_vqgan(WEIGHTS / "shapes_f8.ckpt", WEIGHTS / "shapes_f8.yaml").eval()
-    rng = np.random.default_rng(HELD_OUT_SEED)
-    classes = all_classes()
-    renders = [render_array(sample_scene(rng, shape=s, colour=c, background=b)) for s, c, b in classes]
-    x = torch.from_numpy(np.stack(renders)).permute(0, 3, 1, 2).float() / 255
-    with torch.no_grad():
-        rec = torch.cat([vqgan.decode(vqgan.encode_codes(chunk * 2 - 1)) for chunk in x.split(30)])
-    verdicts = judge(rec.float().clamp(-1, 1).add(1).div(2), load_judge())
-    right = [v.check(*c) for v, c in zip(verdicts, classes, strict=True)]
-    per_colour = {
-        name: sum(r["colour"] for r, c in zip(right, classes, strict=True) if c[1] == name) for name in COLOURS
-    }
+    judged = judge_reconstructions(vqgan, np.random.default_rng(HELD_OUT_SEED))
+    per_colour = judged["colour_per_colour"]
     assert min(per_colour.values()) >= 14, per_colour  # of 15 each
-    assert sum(r["all"] for r in right) >= 80, verdicts
+    assert judged["of"] == 90 and judged["all"] >= 80, judged
 
 
 def test_judge_is_right_on_held_out_renders():

@@ -22,8 +22,7 @@ import yaml
 from common import Log, as_float, parser, renders, report, setup
 
 from vqclip.models.vqgan import VQGAN, VQGANConfig
-from vqclip.shapes.judge import judge, load_judge
-from vqclip.shapes.scenes import COLOURS, all_classes, render_array, sample_scene
+from vqclip.shapes.judge import judge_reconstructions
 
 # Colours: the first model trained on uniform crops (mostly background) and lost red, yellow, green and
 # purple in reconstruction (only blue and orange were judged right), which bounded the quality suite at 33 %.
@@ -145,28 +144,6 @@ def evaluate(model: VQGAN, images: torch.Tensor) -> dict:
     }
 
 
-@torch.no_grad()
-def judged_reconstructions(model: VQGAN, per_class: int = 2) -> dict:
-    """The judge on decode(encode(render)) of `per_class` renders of every class (a fixed draw, so runs
-    compare): how many it calls right, and colour right per colour. A colour the decoder cannot draw is
-    one that guidance cannot draw either."""
-    rng = np.random.default_rng(12345)
-    classes = [c for c in all_classes() for _ in range(per_class)]
-    x = torch.from_numpy(
-        np.stack([render_array(sample_scene(rng, shape=s, colour=c, background=b)) for s, c, b in classes])
-    )
-    x = as_float(x.permute(0, 3, 1, 2)) * 2 - 1
-    rec = torch.cat([model.decode(model.quantize(model.encode(chunk))[0]) for chunk in x.split(32)])
-    verdicts = judge(rec.clamp(-1, 1).add(1).div(2), load_judge())
-    right = [v.check(*c) for v, c in zip(verdicts, classes, strict=True)]
-    colour = {name: sum(r["colour"] for r, c in zip(right, classes, strict=True) if c[1] == name) for name in COLOURS}
-    return {
-        "judged_right_of": len(right),
-        **{f"judged_{k}": sum(r[k] for r in right) for k in ("shape", "colour", "background", "all")},
-        "judged_colour_right_per_colour": colour,
-    }
-
-
 def main():
     args = parser(__doc__.splitlines()[0], seed=0, steps=2000).parse_args()
     args.batch = 16
@@ -197,7 +174,8 @@ def main():
             counts.zero_()
         log(step, rec=rec.item(), vq=vq.item())
     model.eval()
-    figures = {**evaluate(model, held_out), **judged_reconstructions(model)}
+    judged = judge_reconstructions(model, np.random.default_rng(12345), per_class=2)  # a fixed draw: runs compare
+    figures = {**evaluate(model, held_out), **{f"judged_{k}": v for k, v in judged.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "shapes_f8.ckpt"
     torch.save({"state_dict": model.state_dict(), "global_step": args.steps, "epoch": 0}, path)

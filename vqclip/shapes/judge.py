@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqclip.shapes.scenes import BACKGROUNDS, COLOURS, SHAPES
+from vqclip.shapes.scenes import BACKGROUNDS, COLOURS, SHAPES, all_classes, render_array, sample_scene
 
 INPUT_SIZE = 64  # images are area-resized to this before the network sees them
 WEIGHTS = Path(__file__).parent / "weights" / "judge.pt"
@@ -105,3 +105,26 @@ def judge(images, model: Judge | None = None) -> list[Verdict]:
         conf = tuple(round(float(p[k, i]), 4) for p, i in zip(probs, picks, strict=True))
         verdicts.append(Verdict(*(n[i] for n, i in zip(names, picks, strict=True)), confidence=conf))
     return verdicts
+
+
+@torch.no_grad()
+def judge_reconstructions(vqgan, rng, per_class: int = 1, model: Judge | None = None) -> dict:
+    """The judge on decode(encode(render)) of `per_class` renders of every class, drawn from `rng` (a numpy
+    Generator): of how many, how many it calls right per attribute and all three, and colour right per
+    colour (of 15 * per_class each). A colour the decoder cannot draw, guidance cannot draw either."""
+    import numpy as np
+
+    classes = [c for c in all_classes() for _ in range(per_class)]
+    renders = [render_array(sample_scene(rng, shape=s, colour=c, background=b)) for s, c, b in classes]
+    x = torch.from_numpy(np.stack(renders)).permute(0, 3, 1, 2).float() / 255
+    rec = torch.cat([vqgan.decode(vqgan.encode_codes(chunk * 2 - 1)) for chunk in x.split(30)])
+    verdicts = judge(rec.float().clamp(-1, 1).add(1).div(2), model)
+    right = [v.check(*c) for v, c in zip(verdicts, classes, strict=True)]
+    per_colour = {
+        name: sum(r["colour"] for r, c in zip(right, classes, strict=True) if c[1] == name) for name in COLOURS
+    }
+    return {
+        "of": len(right),
+        **{k: sum(r[k] for r in right) for k in ("shape", "colour", "background", "all")},
+        "colour_per_colour": per_colour,
+    }
