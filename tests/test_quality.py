@@ -5,11 +5,14 @@ Guidance draws the prompt's colour and background, and some shapes (the quality 
 fully right; circles and squares fail most, benchmarks/RESULTS.md), so the shape test uses two prompts it
 draws (a yellow hexagon, a yellow star), and the other tests compare against a run that differs only in
 the feature. Checked by breaking each once: with the sign of the spherical distance flipped, or with
-CLIP's normalisation mean and std swapped, the shape test fails (blue on white, or stars); with the cutouts
-detached from the image, the shape test fails (and the colour test did with an earlier model); with the
-phase stuck at the first, the story test fails; with init_weight ignored, the init test fails. Not caught
-here: every cutout placed at the top-left corner (the largest still cover most of the image);
-`tests/test_cutouts.py::test_lanczos_resample_is_the_references` fails on that break.
+CLIP's normalisation mean and std swapped, the shape test fails (blue on white, or stars). Broken cutouts
+that still draw an image fail it too: the channels reversed (green stars on white), the resize weights
+left unnormalised so cutouts are overexposed (stars on black), every cutout at CLIP's input size with no
+zoomed-out view (1 hexagon of 3). With the phase stuck at the first, the story test fails; with
+init_weight ignored, the init test fails. Not caught here: every cutout placed at the top-left corner (the
+largest still cover most of a 128 px canvas, and the judge's verdicts do not change);
+`tests/test_cutouts.py::test_lanczos_resample_is_the_references` fails on that break. Cutouts detached
+from the image make every generation raise (nothing to differentiate).
 
 `test_pinned_pixels` pins a few values of one short fixed-seed run, so that any change to the pixels is
 seen (the same values with 1 and 2 threads and with oneDNN limited to AVX2).
