@@ -210,7 +210,7 @@ def test_example_scripts_run_as_written(tmp_path, models, ffmpeg):
     (tmp_path / "vqclip").write_text(f'#!/bin/sh\nexec {sys.executable} -m vqclip "$@"\n')
     (tmp_path / "vqclip").chmod(0o755)
     env = {**os.environ, "VQCLIP": str(tmp_path / "vqclip")}  # PATH holds the ffmpeg fixture's folder
-    quick = [*models, "--steps", "2"]
+    quick = [*models, "--steps", "3"]
 
     def example(script, *args):
         return subprocess.run(["bash", ROOT / "examples" / script, *args], env=env, capture_output=True, cwd=tmp_path)
@@ -220,7 +220,7 @@ def test_example_scripts_run_as_written(tmp_path, models, ffmpeg):
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
     r = example("zoom.sh", "a spiral", tmp_path / "z", *quick, "--frames-every", "1")
     assert r.returncode == 0, r.stderr.decode()
-    assert len(list((tmp_path / "z").glob("frame-*.png"))) == 2
+    assert len(list((tmp_path / "z").glob("frame-*.png"))) == 3
     r = example("to_video.sh", "a cat", tmp_path / "v.mp4", *quick)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().strip() == str(tmp_path / "v.mp4") and (tmp_path / "v.mp4").stat().st_size > 0

@@ -48,14 +48,26 @@ def _png_header_only(path, width, height):
         (["--image-prompt", "BOMB:0.5"], "has more than 64 megapixels"),
         (["--init-image", "TEXT"], "is not an image that can be read"),
         (["--transformer", "cin_transformer", "--vqgan", "vqgan_gumbel_f8_8192"], "brings its own VQGAN"),
+        (["--noise-prompt", "99999999999999999999999"], "a seed below 2**63"),
+        (["--frames", "FRAMES"], "already holds frames (frame-00001.png, ...) from another run"),
+        (["--frames", "TEXT"], "is a file, not a folder"),
+        (["-p", "a ^ b ^ c", "--steps", "2"], "The story has 3 phases but only 2 steps"),
+        (
+            ["-p", "a ^ b", "--steps", "4", "--change-prompt-every", "100"],
+            "the last phase ('b') would start at step 101",
+        ),
     ],
 )
 def test_bad_values_are_exit_2_before_any_model_loads(tmp_path, vq, args, message):
     _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
     (tmp_path / "notes.png").write_text("not an image")
-    args = [a.replace("BOMB", str(tmp_path / "bomb.png")).replace("TEXT", str(tmp_path / "notes.png")) for a in args]
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "frame-00001.png").write_text("an earlier run's frame")
+    paths = {"BOMB": "bomb.png", "TEXT": "notes.png", "FRAMES": "frames"}
+    args = [str(tmp_path / paths[a]) if a in paths else a.replace("BOMB", str(tmp_path / "bomb.png")) for a in args]
+    prompt = [] if "-p" in args else ["a cat"]
     # --offline and no weights in the cache: anything that got as far as loading would be exit 3
-    r = vq("a cat", *args, "--offline", cwd=tmp_path)
+    r = vq(*prompt, *args, "--offline", cwd=tmp_path)
     assert r.returncode == 2, r.stderr.decode()
     assert message in r.stderr.decode() and "Traceback" not in r.stderr.decode()
 
@@ -223,6 +235,18 @@ def test_a_toml_clip_entry_can_name_a_local_config_json(f16, tiny_clip, tmp_path
         assert json.loads(im.text["vqclip"])["models"]["clip"][0]["name"] == "my-clip"
 
 
+def test_a_toml_vqgan_entry_with_only_a_path_uses_the_yaml_beside_it(f16, tiny_clip, tmp_path, isolated, vq):
+    (isolated / "config.toml").write_text(f'[models.my-vq]\nkind = "vqgan"\npath = "{f16}"\n')
+    args = ["--vqgan", "my-vq", "--clip", tiny_clip, "--size", "32", "--cutn", "2", "--steps", "1", "-q"]
+    r = vq("a cat", *args, "-o", tmp_path / "c.png")
+    assert r.returncode == 0, r.stderr.decode()
+    alone = tmp_path / "alone.ckpt"
+    alone.symlink_to(f16)  # no yaml beside this one
+    (isolated / "config.toml").write_text(f'[models.my-vq]\nkind = "vqgan"\npath = "{alone}"\n')
+    r = vq("a cat", *args, "-o", tmp_path / "d.png")
+    assert r.returncode == 2 and "Model 'my-vq' has no config" in r.stderr.decode(), r.stderr.decode()
+
+
 def test_validation_needs_no_torch(f16, tiny_clip):
     code = (
         "import sys; from vqclip.validate import validate; from vqclip.config import GenerationConfig; "
@@ -273,6 +297,50 @@ def test_main_in_process_leaves_the_callers_signal_handlers_alone(vq):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     assert vq("--version").returncode == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+def test_files_named_like_a_runs_own_are_kept(f16, tiny_clip, tmp_path, vq, ffmpeg):
+    """A preview, a partial or a video of the name a run would use, but not written by vqclip for this image,
+    survives the run: the run's own go to the next free name, and the preview is removed at the end."""
+    for name in ("cat.progress.png", "cat.partial.png", "v.mp4"):
+        (tmp_path / name).write_text("mine")
+    args = [*tiny_args(f16, tiny_clip), "--steps", "4", "--save-every", "2", "--frames-every", "1", "-o", "cat.png"]
+    r = vq("a cat", *args, "--video", "v.mp4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().splitlines() == ["cat.png", "v-1.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["cat.png", "v-1.mp4", "cat.progress.png", "cat.partial.png", "v.mp4"]
+    )
+    assert all((tmp_path / n).read_text() == "mine" for n in ("cat.progress.png", "cat.partial.png", "v.mp4"))
+    assert (tmp_path / "v-1.mp4").stat().st_size > 0
+
+
+def test_an_interrupted_run_keeps_a_partial_it_did_not_write(f16, tiny_clip, tmp_path):
+    from vqclip.errors import Interrupted
+    from vqclip.job import prepare
+    from vqclip.loading import load_models
+    from vqclip.output import OutputOptions
+    from vqclip.render import render
+
+    cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=50, cutn=2, seed=9)
+    models = load_models(cfg)
+    (tmp_path / "cat.partial.png").write_text("mine")
+
+    def stop_at_2(event):
+        if event.done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as err:
+        render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"), progress=stop_at_2)
+    assert err.value.saved == tmp_path / "cat.partial-1.png" and (tmp_path / "cat.partial.png").read_text() == "mine"
+    # a partial that vqclip wrote for another image is kept as well
+    other = replace(cfg, seed=10)
+    with pytest.raises(Interrupted) as err:
+        render(prepare(other, models), models, OutputOptions(tmp_path / "dog.png"), progress=stop_at_2)
+    (tmp_path / "dog.partial.png").rename(tmp_path / "cat.partial.png")
+    render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"))
+    with Image.open(tmp_path / "cat.partial.png") as im:
+        assert json.loads(im.text["vqclip"])["seed"] == 10
 
 
 def test_video_is_encoded_and_its_path_printed_after_the_png(f16, tiny_clip, tmp_path, vq, ffmpeg):

@@ -40,6 +40,14 @@ def test_story_and_phases():
     assert [phase_at(i, 3, 30, 4) for i in (0, 4, 8, 29)] == [0, 1, 2, 2]
 
 
+@pytest.mark.parametrize("n_phases, steps", [(5, 12), (11, 100), (31, 300), (5, 5), (3, 1000)])
+def test_an_even_split_runs_every_phase_in_order_for_about_steps_over_n(n_phases, steps):
+    phases = [phase_at(i, n_phases, steps, 0) for i in range(steps)]
+    assert phases == sorted(phases) and set(phases) == set(range(n_phases))
+    lengths = [phases.count(k) for k in range(n_phases)]
+    assert max(lengths) - min(lengths) <= 1, lengths
+
+
 def test_sizes():
     assert parse_size("512") == (512, 512)
     assert parse_size("640x360") == (640, 360)

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from vqclip import __version__
-from vqclip.errors import UsageError
+from vqclip.errors import OutputError, UsageError
 
 
 def slug(text: str, max_len: int = 60) -> str:
@@ -108,41 +108,55 @@ def save_png(image: Image.Image, path: str | Path, info=None, overwrite: bool = 
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
-        if overwrite:
-            os.replace(tmp, path)
-            return path
-        for n in range(0, 10_000):
-            candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
-            try:
-                os.link(tmp, candidate)
-                return candidate
-            except FileExistsError:
-                continue
-            except OSError:  # no hard links here (some network or FAT file systems): reserve, then replace
-                try:
-                    os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    continue
-                os.replace(tmp, candidate)
-                return candidate
-        raise UsageError(f"Too many files named like {path}.")
+        return place(tmp, path, overwrite)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def place(tmp: str | Path, path: Path, overwrite: bool) -> Path:
+    """Move a finished temporary file to `path`, or without `overwrite` to the first free name of
+    path, path-1, path-2, ...; returns where it went. Two processes never take the same name."""
+    if overwrite:
+        os.replace(tmp, path)
+        return path
+    for n in range(0, 10_000):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            os.link(tmp, candidate)
+            os.unlink(tmp)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (some network or FAT file systems): reserve, then replace
+            try:
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            os.replace(tmp, candidate)
+            return candidate
+    raise UsageError(f"Too many files named like {path}.")
+
+
+def existing_frames(folder: Path) -> list[Path]:
+    return sorted(Path(folder).expanduser().glob("frame-[0-9]*.png"))
+
+
 class FrameSink:
     """Frames as PNGs: a binary stream (stdout, for `ffmpeg -f image2pipe -i -`), numbered files in a
-    folder, or the stdin of an ffmpeg process (--video)."""
+    folder, or the stdin of an ffmpeg process (--video). ffmpeg writes to a temporary file beside the
+    video, which takes the video's name (or the first free one, as the PNG does) only once it is complete."""
 
-    def __init__(self, target, video: str | None = None, fps: int = 30):
+    def __init__(self, target, video: str | None = None, fps: int = 30, overwrite: bool = False):
         self.count = 0
         self.dir = None
         self.proc = None
-        if video is not None:
+        self.video, self.overwrite = (Path(video).expanduser() if video is not None else None), overwrite
+        if self.video is not None:
             import shutil
             import subprocess
 
+            self.tmp = self.video.with_name(f"{TEMP_PREFIX}{os.getpid()}-{self.video.name}")
             cmd = [
                 shutil.which("ffmpeg") or "ffmpeg",  # its presence is checked by vqclip.validate.check_video
                 "-loglevel",
@@ -158,7 +172,7 @@ class FrameSink:
                 "yuv420p",
                 "-c:v",
                 "libx264",
-                video,
+                str(self.tmp),
             ]
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
             self.stream = self.proc.stdin
@@ -176,8 +190,20 @@ class FrameSink:
         image.save(self.stream, format="PNG")
         self.stream.flush()
 
-    def close(self) -> None:
-        if self.proc is not None:
+    def close(self, abort: bool = False) -> Path | None:
+        """Finish the video and return where it went; `abort` (an interrupted run) discards it."""
+        if self.proc is None:
+            return None
+        try:
             self.proc.stdin.close()
-            if self.proc.wait() != 0:
-                raise UsageError(f"ffmpeg failed (exit {self.proc.returncode}) while writing the video.")
+        except BrokenPipeError:  # ffmpeg already gone
+            pass
+        code = self.proc.wait()
+        try:
+            if abort:
+                return None
+            if code != 0:
+                raise OutputError(f"ffmpeg failed (exit {code}) while writing the video {self.video}.")
+            return place(self.tmp, self.video, self.overwrite)
+        finally:
+            self.tmp.unlink(missing_ok=True)

@@ -42,6 +42,7 @@ class Result:
     canvas: dict | None = None  # what the transformer pass did (--transformer)
     upscale: dict | None = None  # the upscaler, factor and tile size (--upscale)
     path: object = None  # where the PNG was written (vqclip.render), a Path
+    video: object = None  # where the --video was written (vqclip.render), a Path
 
 
 def run(

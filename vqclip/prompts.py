@@ -67,5 +67,6 @@ def phase_at(step: int, n_phases: int, steps: int, every: int) -> int:
     """The story phase of a step: every `every` steps, or the steps split evenly when every == 0."""
     if n_phases <= 1:
         return 0
-    every = every or max(1, math.ceil(steps / n_phases))
-    return min(step // every, n_phases - 1)
+    if every:
+        return min(step // every, n_phases - 1)
+    return min(step * n_phases // steps, n_phases - 1)  # phase k runs for steps/n steps, rounded

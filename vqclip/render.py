@@ -3,6 +3,9 @@ what is kept when something goes wrong, so that nothing finished is ever lost:
 
 - a signal (Ctrl-C, SIGTERM, SIGHUP; the CLI turns the last two into `Interrupted`) writes the latest
   image to OUTPUT.partial.png and raises Interrupted with its path;
+- OUTPUT.partial.png and the --save-every preview OUTPUT.progress.png are replaced or removed only when
+  vqclip wrote them for this same image (a resumed run's earlier attempt); any other file of that name
+  is kept, and ours goes to OUTPUT.partial-1.png (or -2, ...) instead;
 - a closed frame pipe ends the run quietly with the latest image saved the same way;
 - a frame sink that fails otherwise (a full device) is dropped, and the run goes on to its PNG;
 - a failed PNG write keeps the image in a fallback folder named in the error;
@@ -12,12 +15,13 @@ what is kept when something goes wrong, so that nothing finished is ever lost:
 import tempfile
 from pathlib import Path
 
-from vqclip.errors import FramePipeClosed, Interrupted, OutputError, VqclipError
+from vqclip.config import GenerationConfig
+from vqclip.errors import FramePipeClosed, Interrupted, OutputError, UsageError, VqclipError
 from vqclip.events import ProgressFn, ignore
 from vqclip.guidance import Step
 from vqclip.job import Job
 from vqclip.loading import Models
-from vqclip.metadata import parameters, record
+from vqclip.metadata import parameters, read_record, record
 from vqclip.output import FrameSink, OutputOptions, png_info, save_png
 from vqclip.pipeline import Result, run, upscale_result
 
@@ -46,27 +50,48 @@ def write(result: Result, path: Path, overwrite: bool) -> Path:
         raise error from err
 
 
+def same_image(path: Path, cfg: GenerationConfig) -> bool:
+    """Whether `path` is a PNG that vqclip wrote with exactly these settings and seed."""
+    try:
+        return GenerationConfig.from_dict(read_record(path)["config"]) == cfg
+    except (UsageError, OSError, TypeError, ValueError):  # not ours, not an image, another version's settings
+        return False
+
+
+def write_partial(result: Result, path: Path) -> Path:
+    """The latest image of an interrupted run: it replaces an earlier attempt at the same image, and
+    nothing else."""
+    return write(result, path, overwrite=path.exists() and same_image(path, result.config))
+
+
 class _Watcher:
     """Follows the steps: keeps the latest, writes the progress preview and the frames."""
 
     def __init__(self, job: Job, out: OutputOptions):
         self.job, self.out = job, out
         self.latest: Step | None = None
-        self.sink = FrameSink(out.frames, out.video) if (out.frames is not None or out.video) else None
+        self.sink = (
+            FrameSink(out.frames, out.video, overwrite=out.overwrite) if (out.frames is not None or out.video) else None
+        )
         self.sink_error: OSError | None = None
+        self.progress_path: Path | None = None  # where this run's preview went: the only one it replaces
 
     def __call__(self, step: Step) -> None:
         self.latest = step
         out = self.out
         if out.save_every and step.i % out.save_every == 0 and step.i < step.steps:
-            save_png(step.image(), out.progress_path, overwrite=True)
+            # the first preview takes a free name (never a file that was there), the later ones replace it
+            self.progress_path = save_png(
+                step.image(), self.progress_path or out.progress_path, overwrite=bool(self.progress_path)
+            )
         if self.sink is not None and step.i % self.job.cfg.frames_every == 0:
             try:
                 self.sink.write(step.image())
             except BrokenPipeError as err:
                 raise PipeClosed from err
             except OSError as err:  # e.g. a full device: the frames stop, the run and its PNG go on
-                self.sink_error, self.sink = err, None
+                self.sink_error, sink, self.sink = err, self.sink, None
+                sink.close(abort=True)
 
     def partial(self, models: Models) -> Result | None:
         """The latest image as an incomplete result, or None before the first step."""
@@ -89,10 +114,17 @@ class _Watcher:
             inputs=self.job.inputs,
         )
 
+    def finish(self) -> Path | None:
+        """Close the frames; returns where the video went, if any."""
+        sink, self.sink = self.sink, None
+        return sink.close() if sink is not None else None
+
     def close(self) -> None:
-        self.out.progress_path.unlink(missing_ok=True)
+        if self.progress_path is not None:
+            self.progress_path.unlink(missing_ok=True)
         if self.sink is not None:
-            self.sink.close()
+            self.sink, sink = None, self.sink
+            sink.close(abort=True)
 
 
 def render(job: Job, models: Models, out: OutputOptions, progress: ProgressFn = ignore) -> Result:
@@ -100,28 +132,36 @@ def render(job: Job, models: Models, out: OutputOptions, progress: ProgressFn = 
     See the module docstring for what is kept when the run is interrupted or a write fails."""
     watcher = _Watcher(job, out)
     try:
-        result = run(job, models, progress=progress, on_step=watcher, upscale=False)
-    except (KeyboardInterrupt, Interrupted, PipeClosed) as err:
-        partial = watcher.partial(models)
-        saved = write(partial, out.partial_path, overwrite=True) if partial is not None else None
-        if isinstance(err, PipeClosed):
-            closed = FramePipeClosed("The frame pipe was closed.")
-            closed.saved = saved
-            raise closed from None
-        signal_name, code = (err.signal_name, err.exit_code) if isinstance(err, Interrupted) else ("Ctrl-C", 130)
-        raise Interrupted(signal_name, code, saved, partial and partial.steps_done) from None
-    finally:
-        watcher.close()
-    if job.cfg.upscale > 1:
         try:
-            upscale_result(result, models, progress=progress)
-        except (VqclipError, RuntimeError, MemoryError) as err:
-            saved = write(result, out.path, out.overwrite)
-            error = VqclipError(f"Upscaling failed ({err}); the image as generated is in {saved}.")
-            error.saved = saved
-            raise error from err
-    result.path = saved = write(result, out.path, out.overwrite)
-    out.partial_path.unlink(missing_ok=True)  # a resumed run replaces its interrupted attempt
+            result = run(job, models, progress=progress, on_step=watcher, upscale=False)
+        except (KeyboardInterrupt, Interrupted, PipeClosed) as err:
+            partial = watcher.partial(models)
+            saved = write_partial(partial, out.partial_path) if partial is not None else None
+            if isinstance(err, PipeClosed):
+                closed = FramePipeClosed("The frame pipe was closed.")
+                closed.saved = saved
+                raise closed from None
+            signal_name, code = (err.signal_name, err.exit_code) if isinstance(err, Interrupted) else ("Ctrl-C", 130)
+            raise Interrupted(signal_name, code, saved, partial and partial.steps_done) from None
+        if job.cfg.upscale > 1:
+            try:
+                upscale_result(result, models, progress=progress)
+            except (VqclipError, RuntimeError, MemoryError) as err:
+                saved = write(result, out.path, out.overwrite)
+                error = VqclipError(f"Upscaling failed ({err}); the image as generated is in {saved}.")
+                error.saved = saved
+                raise error from err
+        result.path = saved = write(result, out.path, out.overwrite)
+        if same_image(out.partial_path, job.cfg):  # a resumed run replaces its interrupted attempt
+            out.partial_path.unlink()
+        try:
+            result.video = watcher.finish()
+        except OutputError as err:
+            err.message += f" The final image is in {saved}."
+            err.saved = saved
+            raise
+    finally:
+        watcher.close()  # removes the preview, and discards a video that did not finish
     if watcher.sink_error is not None:
         err = watcher.sink_error
         error = OutputError(f"Writing the frames failed ({err.strerror or err}); the final image is in {saved}.")

@@ -59,13 +59,30 @@ def check_prompts(cfg: GenerationConfig) -> None:
             f"The prompt {cfg.prompt!r} has no text, only separators or weights.",
             'Write it as "text:weight:stop", with "|" between prompts and "^" between story phases.',
         )
+    check_story(cfg)
     for item in cfg.image_prompts:
         check_image(parse_prompt(item).text, "Image prompt")
     for item in cfg.noise_prompts:
-        if not parse_prompt(item).text.isdigit():
-            raise UsageError(f"Noise prompt {item!r} should be SEED[:weight], e.g. 42:0.5.")
+        seed = parse_prompt(item).text
+        if not seed.isdigit() or int(seed) >= 2**63:
+            raise UsageError(f"Noise prompt {item!r} should be SEED[:weight], a seed below 2**63, e.g. 42:0.5.")
     if cfg.init_image is not None:
         check_image(cfg.init_image, "Init image")
+
+
+def check_story(cfg: GenerationConfig) -> None:
+    """Every story phase gets at least one step: a story you typed is a story you get."""
+    phases = parse_story(cfg.prompt)
+    n, every = len(phases), cfg.change_prompt_every
+    if n > cfg.steps:
+        raise UsageError(f"The story has {n} phases but only {cfg.steps} steps: give at least {n} --steps.")
+    if n > 1 and every and (n - 1) * every >= cfg.steps:
+        last = " | ".join(p.text for p in phases[-1])
+        raise UsageError(
+            f"With --change-prompt-every {every}, the last phase ({last!r}) would start at step "
+            f"{(n - 1) * every + 1}, after the last of the {cfg.steps} steps.",
+            f"Give more than {(n - 1) * every} --steps, or --change-prompt-every 0 to split the steps evenly.",
+        )
 
 
 @dataclass(frozen=True)
@@ -121,9 +138,32 @@ def check_writable(directory: Path) -> None:
 
 
 def check_video(video: str | None) -> None:
-    """--video needs ffmpeg on the PATH."""
-    if video is not None and shutil.which("ffmpeg") is None:
+    """--video needs ffmpeg on the PATH and a folder it can write to."""
+    if video is None:
+        return
+    if shutil.which("ffmpeg") is None:
         raise UsageError(
             "--video needs ffmpeg, which is not installed.",
             "Install ffmpeg, or pipe the frames yourself: vqclip ... --frames - | ffmpeg -f image2pipe -i - out.mp4",
+        )
+    path = Path(video).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--video {video} is a folder; give a file name such as {path / 'out.mp4'}.")
+    check_writable(path.parent)
+
+
+def check_frames(frames: str | None, overwrite: bool = False) -> None:
+    """--frames DIR: a folder that can be written and holds no earlier run's frames (unless --overwrite)."""
+    from vqclip.output import existing_frames
+
+    if frames is None or frames == "-":
+        return
+    folder = Path(frames).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--frames {frames} is a file, not a folder.")
+    check_writable(folder)
+    if not overwrite and folder.exists() and existing_frames(folder):
+        raise UsageError(
+            f"{folder} already holds frames ({existing_frames(folder)[0].name}, ...) from another run.",
+            "Choose an empty folder, or add --overwrite to replace them.",
         )

@@ -17,7 +17,11 @@ from vqclip.errors import UsageError
 def output_options(f):
     options = [
         click.option("-o", "--output", help="Output PNG path or folder [default: PROMPT-SLUG_sSEED.png]."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing output file instead of adding a suffix."),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Replace an existing output file (and video, and --frames) instead of adding a suffix.",
+        ),
         click.option(
             "--save-every", default=0, type=click.IntRange(0), help="Update OUTPUT.progress.png every N steps."
         ),
@@ -43,13 +47,14 @@ def default_stem(cfg: GenerationConfig) -> str:
 def run_command(cfg, output, overwrite, save_every, frames, video, offline, progress_mode, stop_after=None):
     """The one pass for a single image: validate, load, prepare, render; print the path."""
     from vqclip.output import OutputOptions, default_name, output_path
-    from vqclip.validate import check_video, check_writable, validate
+    from vqclip.validate import check_frames, check_video, check_writable, validate
 
     cfg = cfg.with_seed()  # fixed now: the file name and the metadata carry it
     path = output_path(output, default_name(default_stem(cfg), cfg.seed))
     checked = validate(cfg)
     check_writable(path.parent)
     check_video(video)
+    check_frames(frames, overwrite)
     if frames == "-":
         STDOUT["taken"] = True
     out = OutputOptions(path, overwrite, save_every, sys.stdout.buffer if frames == "-" else frames, video)
@@ -66,8 +71,8 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
         click.echo(str(result.path))
     else:
         reporter.message(f"The final image is in {result.path}.")
-    if video:
-        click.echo(video)  # an output like the PNG: its path on stdout, after the PNG's
+    if result.video is not None:
+        click.echo(str(result.video))  # an output like the PNG: its path on stdout, after the PNG's
 
 
 def load(cfg, offline: bool, reporter: Reporter, checked):

@@ -73,7 +73,7 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
         click.option(
             "--init-weight", default=d("init_weight"), show_default=True, type=float, help="Pull towards the start."
         ),
-        click.option("--image-prompt", "image_prompts", multiple=True, metavar="PATH[:W]", help="Image prompt."),
+        click.option("--image-prompt", "image_prompts", multiple=True, metavar="PATH[:W[:STOP]]", help="Image prompt."),
         click.option("--noise-prompt", "noise_prompts", multiple=True, metavar="SEED[:W]", help="Noise prompt."),
         click.option(
             "--change-prompt-every",
