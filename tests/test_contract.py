@@ -244,7 +244,9 @@ def test_a_toml_vqgan_entry_with_only_a_path_uses_the_yaml_beside_it(f16, tiny_c
     alone.symlink_to(f16)  # no yaml beside this one
     (isolated / "config.toml").write_text(f'[models.my-vq]\nkind = "vqgan"\npath = "{alone}"\n')
     r = vq("a cat", *args, "-o", tmp_path / "d.png")
-    assert r.returncode == 2 and "Model 'my-vq' has no config" in r.stderr.decode(), r.stderr.decode()
+    assert r.returncode == 2 and "No config found beside" in r.stderr.decode(), r.stderr.decode()
+    r = vq("a cat", *args, "--vqgan-config", str(f16).replace(".ckpt", ".yaml"), "-o", tmp_path / "e.png")
+    assert r.returncode == 0, r.stderr.decode()
 
 
 def test_validation_needs_no_torch(f16, tiny_clip):
@@ -341,6 +343,64 @@ def test_an_interrupted_run_keeps_a_partial_it_did_not_write(f16, tiny_clip, tmp
     render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"))
     with Image.open(tmp_path / "cat.partial.png") as im:
         assert json.loads(im.text["vqclip"])["seed"] == 10
+
+
+def test_a_video_is_left_only_when_finished(f16, tiny_clip, tmp_path, vq, ffmpeg, monkeypatch):
+    """Interrupted: no video and no temporary file. ffmpeg dying mid-run: the run and its PNG go on, and
+    the error says so. A folder that does not exist yet is made."""
+    from vqclip.errors import Interrupted
+    from vqclip.job import prepare
+    from vqclip.loading import load_models
+    from vqclip.output import OutputOptions
+    from vqclip.render import render
+
+    cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=20, cutn=2, seed=9)
+    models = load_models(cfg)
+
+    def stop_at_3(event):
+        if event.done == 3:
+            raise KeyboardInterrupt
+
+    out = OutputOptions(tmp_path / "cat.png", video=str(tmp_path / "new" / "v.mp4"))
+    with pytest.raises(Interrupted):
+        render(prepare(cfg, models), models, out, progress=stop_at_3)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cat.partial.png", "new"]
+    result = render(prepare(replace(cfg, steps=3), models), models, out)
+    assert result.video == tmp_path / "new" / "v.mp4" and result.video.stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["v.mp4"]
+
+    broken = tmp_path / "bin" / "ffmpeg"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\nexit 7\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{broken.parent}{os.pathsep}{os.environ['PATH']}")
+    args = [*tiny_args(f16, tiny_clip), "--steps", "30", "--frames-every", "1", "-o", "dog.png"]
+    r = vq("a cat", *args, "--video", "d.mp4", cwd=tmp_path)
+    assert r.returncode == 1 and "ffmpeg stopped with exit code 7" in r.stderr.decode(), r.stderr.decode()
+    assert r.stdout.decode().strip() == "dog.png" and not (tmp_path / "d.mp4").exists()
+    with Image.open(tmp_path / "dog.png") as im:
+        assert json.loads(im.text["vqclip"])["complete"] is True
+
+
+def test_replaying_a_partial_under_its_own_name_keeps_it(f16, tiny_clip, tmp_path, vq):
+    from vqclip.errors import Interrupted
+    from vqclip.job import prepare
+    from vqclip.loading import load_models
+    from vqclip.output import OutputOptions
+    from vqclip.render import render
+
+    cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=20, cutn=2, seed=9)
+    models = load_models(cfg)
+
+    def stop_at_2(event):
+        if event.done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"), progress=stop_at_2)
+    r = vq("replay", tmp_path / "cat.partial.png", "-o", tmp_path / "cat.png", "-q")
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "cat.partial.png").exists() and (tmp_path / "cat.png").exists()
 
 
 def test_video_is_encoded_and_its_path_printed_after_the_png(f16, tiny_clip, tmp_path, vq, ffmpeg):

@@ -122,15 +122,16 @@ def _resolve(checkpoint, config, offline, progress):
     path = Path(checkpoint).expanduser()
     if not looks_like_path(str(checkpoint)):
         local = fetch_model(str(checkpoint), kind="vqgan", offline=offline, progress=progress)
-        return local.checkpoint, config if config is not None else local.config
-    if not path.is_file():
+        path, config = local.checkpoint, config if config is not None else local.config
+    elif not path.is_file():
         raise UsageError(f"VQGAN checkpoint {checkpoint} does not exist.")
-    if config is None:
+    if config is None:  # a local file, or a user entry with only a `path`: the yaml beside it
         config = find_config(path)
         if config is None:
             raise UsageError(
-                f"No config found beside {path}: expected {path.with_suffix('.yaml').name} or model.yaml.",
-                "Pass the model's yaml with --vqgan-config (Python: config=...).",
+                f"No config found beside {path}: expected {path.with_suffix('.yaml').name}, model.yaml or "
+                "../configs/*.yaml.",
+                "Pass the model's yaml with --vqgan-config (Python: config=...), or give a user entry `config`.",
             )
     return path, config
 

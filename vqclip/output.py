@@ -77,7 +77,7 @@ def _umask() -> int:
 
 def _remove_stale_temps(folder: Path) -> None:
     """Temporary files of writers that died (SIGKILL mid-write): their names carry the writer's pid."""
-    for tmp in folder.glob(f"{TEMP_PREFIX}*-*.png"):
+    for tmp in folder.glob(f"{TEMP_PREFIX}*-*"):  # PNGs, and videos that ffmpeg was writing
         pid = tmp.name[len(TEMP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
@@ -157,6 +157,8 @@ class FrameSink:
             import subprocess
 
             self.tmp = self.video.with_name(f"{TEMP_PREFIX}{os.getpid()}-{self.video.name}")
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(self.tmp.parent)
             cmd = [
                 shutil.which("ffmpeg") or "ffmpeg",  # its presence is checked by vqclip.validate.check_video
                 "-loglevel",
@@ -195,11 +197,13 @@ class FrameSink:
         if self.proc is None:
             return None
         try:
-            self.proc.stdin.close()
-        except BrokenPipeError:  # ffmpeg already gone
-            pass
-        code = self.proc.wait()
-        try:
+            if abort:  # nothing of it is kept: no need to let ffmpeg encode what it has buffered
+                self.proc.kill()
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:  # ffmpeg already gone
+                pass
+            code = self.proc.wait()
             if abort:
                 return None
             if code != 0:

@@ -9,7 +9,8 @@ User entries live in `$VQCLIP_CONFIG`, else `<platform config dir>/vqclip/config
     size = 980092370                                 # optional, bytes
     config_urls = ["https://example.org/my_vqgan.yaml"]   # or: config = "/local/model.yaml"
 
-A local `path` with no config uses the yaml beside the checkpoint (vqclip.loading.find_config).
+A local `path` with no config uses the yaml beside the checkpoint (vqclip.loading.find_config), unless a
+config is given with the request (--vqgan-config).
 """
 
 import difflib
@@ -231,16 +232,6 @@ def fetch_model(
         config = paths[spec.config.filename]
     else:
         config = spec.config_data
-    if config is None and spec.kind in ("vqgan", "transformer"):  # a local `path` alone: the yaml beside it
-        from vqclip.loading import find_config
-
-        config = find_config(checkpoint)
-        if config is None:
-            raise UsageError(
-                f"Model {name!r} has no config: no {checkpoint.with_suffix('.yaml').name} or model.yaml beside "
-                f"{checkpoint}.",
-                'Add `config = "/path/to/model.yaml"` or `config_urls` to its entry.',
-            )
     return LocalModel(spec, checkpoint, config)
 
 

@@ -12,11 +12,12 @@ what is kept when something goes wrong, so that nothing finished is ever lost:
 - a failed upscale keeps the image as generated.
 """
 
+import json
 import tempfile
 from pathlib import Path
 
 from vqclip.config import GenerationConfig
-from vqclip.errors import FramePipeClosed, Interrupted, OutputError, UsageError, VqclipError
+from vqclip.errors import FramePipeClosed, Interrupted, OutputError, VqclipError
 from vqclip.events import ProgressFn, ignore
 from vqclip.guidance import Step
 from vqclip.job import Job
@@ -52,16 +53,18 @@ def write(result: Result, path: Path, overwrite: bool) -> Path:
 
 def same_image(path: Path, cfg: GenerationConfig) -> bool:
     """Whether `path` is a PNG that vqclip wrote with exactly these settings and seed."""
+    if not path.exists():
+        return False
     try:
-        return GenerationConfig.from_dict(read_record(path)["config"]) == cfg
-    except (UsageError, OSError, TypeError, ValueError):  # not ours, not an image, another version's settings
+        return read_record(path)["config"] == json.loads(json.dumps(cfg.to_dict()))  # as the record holds it
+    except Exception:  # anything a file of the user's can raise (not an image, a bomb, no record): not ours
         return False
 
 
 def write_partial(result: Result, path: Path) -> Path:
     """The latest image of an interrupted run: it replaces an earlier attempt at the same image, and
     nothing else."""
-    return write(result, path, overwrite=path.exists() and same_image(path, result.config))
+    return write(result, path, overwrite=same_image(path, result.config))
 
 
 class _Watcher:
@@ -88,7 +91,11 @@ class _Watcher:
             try:
                 self.sink.write(step.image())
             except BrokenPipeError as err:
-                raise PipeClosed from err
+                if self.sink.proc is None:
+                    raise PipeClosed from err  # the reader of --frames - went away: the run ends quietly
+                sink, self.sink = self.sink, None  # ffmpeg died: the frames stop, the run and its PNG go on
+                sink.close(abort=True)
+                self.sink_error = OSError(f"ffmpeg stopped with exit code {sink.proc.returncode}")
             except OSError as err:  # e.g. a full device: the frames stop, the run and its PNG go on
                 self.sink_error, sink, self.sink = err, self.sink, None
                 sink.close(abort=True)
@@ -152,14 +159,14 @@ def render(job: Job, models: Models, out: OutputOptions, progress: ProgressFn = 
                 error.saved = saved
                 raise error from err
         result.path = saved = write(result, out.path, out.overwrite)
-        if same_image(out.partial_path, job.cfg):  # a resumed run replaces its interrupted attempt
+        if result.complete and same_image(out.partial_path, job.cfg):  # it replaces its interrupted attempt
             out.partial_path.unlink()
         try:
             result.video = watcher.finish()
-        except OutputError as err:
-            err.message += f" The final image is in {saved}."
-            err.saved = saved
-            raise
+        except (OSError, VqclipError) as err:
+            error = OutputError(f"{getattr(err, 'message', err)} The final image is in {saved}.")
+            error.saved = saved
+            raise error from err
     finally:
         watcher.close()  # removes the preview, and discards a video that did not finish
     if watcher.sink_error is not None:

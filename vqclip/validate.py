@@ -64,7 +64,7 @@ def check_prompts(cfg: GenerationConfig) -> None:
         check_image(parse_prompt(item).text, "Image prompt")
     for item in cfg.noise_prompts:
         seed = parse_prompt(item).text
-        if not seed.isdigit() or int(seed) >= 2**63:
+        if not (seed.isascii() and seed.isdigit()) or int(seed) >= 2**63:
             raise UsageError(f"Noise prompt {item!r} should be SEED[:weight], a seed below 2**63, e.g. 42:0.5.")
     if cfg.init_image is not None:
         check_image(cfg.init_image, "Init image")
@@ -74,7 +74,7 @@ def check_story(cfg: GenerationConfig) -> None:
     """Every story phase gets at least one step: a story you typed is a story you get."""
     phases = parse_story(cfg.prompt)
     n, every = len(phases), cfg.change_prompt_every
-    if n > cfg.steps:
+    if not every and n > cfg.steps:
         raise UsageError(f"The story has {n} phases but only {cfg.steps} steps: give at least {n} --steps.")
     if n > 1 and every and (n - 1) * every >= cfg.steps:
         last = " | ".join(p.text for p in phases[-1])

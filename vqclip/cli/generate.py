@@ -20,7 +20,7 @@ def output_options(f):
         click.option(
             "--overwrite",
             is_flag=True,
-            help="Replace an existing output file (and video, and --frames) instead of adding a suffix.",
+            help="Replace an existing PNG or video instead of adding a suffix, and reuse a --frames folder.",
         ),
         click.option(
             "--save-every", default=0, type=click.IntRange(0), help="Update OUTPUT.progress.png every N steps."
