@@ -54,7 +54,7 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
     checked = validate(cfg)
     check_writable(path.parent)
     check_video(video)
-    check_frames(frames, overwrite)
+    check_frames(None if video else frames, overwrite)  # with --video the frames go to ffmpeg only
     if frames == "-":
         STDOUT["taken"] = True
     out = OutputOptions(path, overwrite, save_every, sys.stdout.buffer if frames == "-" else frames, video)
