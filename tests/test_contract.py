@@ -141,24 +141,38 @@ def test_temporary_files_of_a_killed_writer_are_removed(tmp_path):
     assert not stale.exists() and (tmp_path / "new.png").exists()
 
 
-def test_an_interrupted_image_replays_to_the_same_pixels(f16, tiny_clip, tmp_path, vq):
-    from vqclip.errors import Interrupted
-    from vqclip.job import prepare
+@pytest.fixture
+def cat(f16, tiny_clip):
+    """A 50-step run's settings and its models, for the tests that interrupt it."""
     from vqclip.loading import load_models
-    from vqclip.output import OutputOptions
-    from vqclip.render import render
 
     cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=50, cutn=2, seed=9)
-    models = load_models(cfg)
+    return cfg, load_models(cfg)
 
-    def stop_at_3(event):
-        if event.done == 3:
+
+def render_to(cfg, models, out, ctrl_c_at=None):
+    """Render `cfg` into `out` (OutputOptions); with `ctrl_c_at`, Ctrl-C at that step and return the error."""
+    from vqclip.errors import Interrupted
+    from vqclip.job import prepare
+    from vqclip.render import render
+
+    def progress(event):
+        if event.done == ctrl_c_at:
             raise KeyboardInterrupt
 
+    if ctrl_c_at is None:
+        return render(prepare(cfg, models), models, out)
     with pytest.raises(Interrupted) as err:
-        render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"), progress=stop_at_3)
-    partial = err.value.saved
-    assert partial == tmp_path / "cat.partial.png" and err.value.exit_code == 130
+        render(prepare(cfg, models), models, out, progress=progress)
+    return err.value
+
+
+def test_an_interrupted_image_replays_to_the_same_pixels(cat, tmp_path, vq):
+    from vqclip.output import OutputOptions
+
+    error = render_to(*cat, OutputOptions(tmp_path / "cat.png"), ctrl_c_at=3)
+    partial = error.saved
+    assert partial == tmp_path / "cat.partial.png" and error.exit_code == 130
     with Image.open(partial) as im:
         assert "Steps: 3 of 50 (interrupted)" in im.text["parameters"]
         pixels = im.convert("RGB").tobytes()
@@ -317,55 +331,31 @@ def test_files_named_like_a_runs_own_are_kept(f16, tiny_clip, tmp_path, vq, ffmp
     assert (tmp_path / "v-1.mp4").stat().st_size > 0
 
 
-def test_an_interrupted_run_keeps_a_partial_it_did_not_write(f16, tiny_clip, tmp_path):
-    from vqclip.errors import Interrupted
-    from vqclip.job import prepare
-    from vqclip.loading import load_models
+def test_an_interrupted_run_keeps_a_partial_it_did_not_write(cat, tmp_path):
     from vqclip.output import OutputOptions
-    from vqclip.render import render
 
-    cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=50, cutn=2, seed=9)
-    models = load_models(cfg)
+    cfg, models = cat
     (tmp_path / "cat.partial.png").write_text("mine")
-
-    def stop_at_2(event):
-        if event.done == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(Interrupted) as err:
-        render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"), progress=stop_at_2)
-    assert err.value.saved == tmp_path / "cat.partial-1.png" and (tmp_path / "cat.partial.png").read_text() == "mine"
+    error = render_to(cfg, models, OutputOptions(tmp_path / "cat.png"), ctrl_c_at=2)
+    assert error.saved == tmp_path / "cat.partial-1.png" and (tmp_path / "cat.partial.png").read_text() == "mine"
     # a partial that vqclip wrote for another image is kept as well
-    other = replace(cfg, seed=10)
-    with pytest.raises(Interrupted) as err:
-        render(prepare(other, models), models, OutputOptions(tmp_path / "dog.png"), progress=stop_at_2)
+    render_to(replace(cfg, seed=10), models, OutputOptions(tmp_path / "dog.png"), ctrl_c_at=2)
     (tmp_path / "dog.partial.png").rename(tmp_path / "cat.partial.png")
-    render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"))
+    render_to(cfg, models, OutputOptions(tmp_path / "cat.png"))
     with Image.open(tmp_path / "cat.partial.png") as im:
         assert json.loads(im.text["vqclip"])["seed"] == 10
 
 
-def test_a_video_is_left_only_when_finished(f16, tiny_clip, tmp_path, vq, ffmpeg, monkeypatch):
+def test_a_video_is_left_only_when_finished(cat, f16, tiny_clip, tmp_path, vq, ffmpeg, monkeypatch):
     """Interrupted: no video and no temporary file. ffmpeg dying mid-run: the run and its PNG go on, and
     the error says so. A folder that does not exist yet is made."""
-    from vqclip.errors import Interrupted
-    from vqclip.job import prepare
-    from vqclip.loading import load_models
     from vqclip.output import OutputOptions
-    from vqclip.render import render
 
-    cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=20, cutn=2, seed=9)
-    models = load_models(cfg)
-
-    def stop_at_3(event):
-        if event.done == 3:
-            raise KeyboardInterrupt
-
+    cfg, models = cat
     out = OutputOptions(tmp_path / "cat.png", video=str(tmp_path / "new" / "v.mp4"))
-    with pytest.raises(Interrupted):
-        render(prepare(cfg, models), models, out, progress=stop_at_3)
+    render_to(cfg, models, out, ctrl_c_at=3)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cat.partial.png", "new"]
-    result = render(prepare(replace(cfg, steps=3), models), models, out)
+    result = render_to(replace(cfg, steps=3), models, out)
     assert result.video == tmp_path / "new" / "v.mp4" and result.video.stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["v.mp4"]
 
@@ -382,22 +372,10 @@ def test_a_video_is_left_only_when_finished(f16, tiny_clip, tmp_path, vq, ffmpeg
         assert json.loads(im.text["vqclip"])["complete"] is True
 
 
-def test_replaying_a_partial_under_its_own_name_keeps_it(f16, tiny_clip, tmp_path, vq):
-    from vqclip.errors import Interrupted
-    from vqclip.job import prepare
-    from vqclip.loading import load_models
+def test_replaying_a_partial_under_its_own_name_keeps_it(cat, tmp_path, vq):
     from vqclip.output import OutputOptions
-    from vqclip.render import render
 
-    cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=20, cutn=2, seed=9)
-    models = load_models(cfg)
-
-    def stop_at_2(event):
-        if event.done == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(Interrupted):
-        render(prepare(cfg, models), models, OutputOptions(tmp_path / "cat.png"), progress=stop_at_2)
+    render_to(*cat, OutputOptions(tmp_path / "cat.png"), ctrl_c_at=2)
     r = vq("replay", tmp_path / "cat.partial.png", "-o", tmp_path / "cat.png", "-q")
     assert r.returncode == 0, r.stderr.decode()
     assert (tmp_path / "cat.partial.png").exists() and (tmp_path / "cat.png").exists()
