@@ -162,8 +162,9 @@ def check_frames(frames: str | None, overwrite: bool = False) -> None:
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--frames {frames} is a file, not a folder.")
     check_writable(folder)
-    if not overwrite and folder.exists() and existing_frames(folder):
+    earlier = [] if overwrite else existing_frames(folder)
+    if earlier:
         raise UsageError(
-            f"{folder} already holds frames ({existing_frames(folder)[0].name}, ...) from another run.",
+            f"{folder} already holds frames ({earlier[0].name}, ...) from another run.",
             "Choose an empty folder, or add --overwrite to replace them.",
         )
