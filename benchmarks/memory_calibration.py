@@ -37,8 +37,7 @@ def measure(size: int, precision: str, checkpointing: bool, chunk: int, steps: i
     the allocator setting a CPU run uses (memory.keep_freed_memory); off, glibc's default."""
     import torch
 
-    from vqclip.bench import bench_config, random_models
-    from vqclip.guidance import guides
+    from vqclip.bench import bench_config, guides, random_models
     from vqclip.memory import drop_text_towers, keep_freed_memory, weights_bytes
     from vqclip.optimize import optimize
 
@@ -53,7 +52,6 @@ def measure(size: int, precision: str, checkpointing: bool, chunk: int, steps: i
     targets = guides(models, cfg, generator)
     drop_text_towers(models)
     resident = _status("VmRSS:")
-    models.vqgan.set_checkpointing(checkpointing)
     stages = []
 
     @contextlib.contextmanager
@@ -63,7 +61,15 @@ def measure(size: int, precision: str, checkpointing: bool, chunk: int, steps: i
         stages.append((stage, _status("VmHWM:")))
 
     loop = optimize(
-        models.vqgan, targets, z, steps, generator=generator, dtype=models.dtype, clip_chunk=chunk, timer=timer
+        models.vqgan,
+        targets,
+        z,
+        steps,
+        generator=generator,
+        dtype=models.dtype,
+        clip_chunk=chunk,
+        checkpointing=checkpointing,
+        timer=timer,
     )
     per_step = []
     for _ in range(steps):

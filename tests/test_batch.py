@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import ROOT
 from vqclip.animation import affine_image
-from vqclip.batch import derive_seed, read_prompts, resolve_shard, shard_items
+from vqclip.pipeline.batch import derive_seed, read_prompts, resolve_shard, shard_items
 
 PROMPTS = "# a comment\na red apple\n\na blue car:0.8\n  a green tree | fog:0.3  \n"
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from vqclip import load_vqgan
-from vqclip.checkpoint import read_checkpoint
-from vqclip.clip_loading import load_clip
 from vqclip.errors import CheckpointError, ModelLoadError
-from vqclip.loading import load_transformer
 from vqclip.upscale import load_upscaler
+from vqclip.weights.checkpoint import read_checkpoint
+from vqclip.weights.clip import load_clip
+from vqclip.weights.loading import load_transformer
 
 # ---- real-world containers, pickled from stand-ins of the training libraries' classes -------------
 

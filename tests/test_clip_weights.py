@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.http_server import FileServer
-from vqclip import cache, download
-from vqclip.clip_loading import download_clip, load_clip
 from vqclip.errors import DownloadError, OfflineError
+from vqclip.weights import cache, download
+from vqclip.weights.clip import download_clip, load_clip
 
 REPO = "test-org/tiny-clip"
 

@@ -89,17 +89,17 @@ def test_a_prompt_that_is_not_utf8_is_exit_2_before_loading(tmp_path):
 
 def test_a_failed_write_keeps_the_image_in_the_fallback_folder(f16, tiny_clip, tmp_path, vq, monkeypatch):
     import vqclip.output
-    import vqclip.render
+    import vqclip.pipeline.write
 
     real = vqclip.output.save_png
-    monkeypatch.setattr(vqclip.render, "fallback_dir", lambda: tmp_path / "rescued")
+    monkeypatch.setattr(vqclip.pipeline.write, "fallback_dir", lambda: tmp_path / "rescued")
 
     def full_disk(image, path, *args, **kwargs):
         if "out" in str(path):
             raise OSError(28, "No space left on device")
         return real(image, path, *args, **kwargs)
 
-    monkeypatch.setattr(vqclip.render, "save_png", full_disk)
+    monkeypatch.setattr(vqclip.pipeline.write, "save_png", full_disk)
     (tmp_path / "out").mkdir()
     r = vq("a cat", *tiny_args(f16, tiny_clip), "--steps", "2", "-o", tmp_path / "out" / "cat.png", "-q")
     assert r.returncode == 1
@@ -144,7 +144,7 @@ def test_temporary_files_of_a_killed_writer_are_removed(tmp_path):
 @pytest.fixture
 def cat(f16, tiny_clip):
     """A 50-step run's settings and its models, for the tests that interrupt it."""
-    from vqclip.loading import load_models
+    from vqclip.pipeline.load import load_models
 
     cfg = GenerationConfig("a cat", vqgan=f16, clip=(tiny_clip,), size=(64, 64), steps=50, cutn=2, seed=9)
     return cfg, load_models(cfg)
@@ -153,17 +153,18 @@ def cat(f16, tiny_clip):
 def render_to(cfg, models, out, ctrl_c_at=None):
     """Render `cfg` into `out` (OutputOptions); with `ctrl_c_at`, Ctrl-C at that step and return the error."""
     from vqclip.errors import Interrupted
-    from vqclip.job import prepare
-    from vqclip.render import render
+    from vqclip.pipeline.prepare import prepare
+    from vqclip.pipeline.validate import validate
+    from vqclip.pipeline.write import write
 
     def progress(event):
         if event.done == ctrl_c_at:
             raise KeyboardInterrupt
 
     if ctrl_c_at is None:
-        return render(prepare(cfg, models), models, out)
+        return write(prepare(validate(cfg), models), models, out)
     with pytest.raises(Interrupted) as err:
-        render(prepare(cfg, models), models, out, progress=progress)
+        write(prepare(validate(cfg), models), models, out, progress=progress)
     return err.value
 
 
@@ -265,7 +266,7 @@ def test_a_toml_vqgan_entry_with_only_a_path_uses_the_yaml_beside_it(f16, tiny_c
 
 def test_validation_needs_no_torch(f16, tiny_clip):
     code = (
-        "import sys; from vqclip.validate import validate; from vqclip.config import GenerationConfig; "
+        "import sys; from vqclip.pipeline.validate import validate; from vqclip.config import GenerationConfig; "
         f"validate(GenerationConfig('a cat', vqgan={f16!r}, clip=({tiny_clip!r}, 'ViT-B-32/openai'))); "
         "assert 'torch' not in sys.modules, 'validation imported torch'"
     )

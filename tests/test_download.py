@@ -13,11 +13,11 @@ import time
 import pytest
 
 from tests.http_server import FileServer
-from vqclip import cache, download
-from vqclip.cache import FileTarget, check_file, is_verified
-from vqclip.download import fetch
 from vqclip.errors import CacheError, ChecksumError, DownloadError, OfflineError
 from vqclip.events import Progress
+from vqclip.weights import cache, download
+from vqclip.weights.cache import FileTarget, check_file, is_verified
+from vqclip.weights.download import fetch
 
 
 @pytest.fixture
@@ -352,8 +352,8 @@ def test_two_processes_one_transfer_and_no_lock_left(tmp_path, served):
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from vqclip.cache import FileTarget
-        from vqclip.download import fetch
+        from vqclip.weights.cache import FileTarget
+        from vqclip.weights.download import fetch
         t = FileTarget(Path({str(tmp_path / "shared" / "model.ckpt")!r}), ({served.url + "/gate/model.ckpt"!r},),
                    size={len(served.data)}, sha256={served.sha!r})
         path = fetch(t, progress=lambda e: "note" in e.extra and print(e.extra["note"], flush=True))

@@ -10,8 +10,8 @@ from PIL import Image
 
 from tests.conftest import run_cli, tiny_args
 from vqclip.config import GenerationConfig
-from vqclip.loading import load_models
-from vqclip.pipeline import generate
+from vqclip.pipeline.load import load_models
+from vqclip.pipeline.run import generate
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
 """The lean backward passes: the decoder and the ViT keep fewer tensors for the backward pass and give the
 same gradient; the text tower can be dropped once the prompts are encoded."""
 
+import functools
+
 import pytest
 import torch
 
-from vqclip.loading import load_vqgan
+from vqclip.weights.loading import load_vqgan
 
 
 def saved_bytes(fn, x: torch.Tensor, model: torch.nn.Module) -> int:
@@ -45,16 +47,15 @@ def latent(vqgan):
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_the_frozen_decoder_keeps_less_and_gives_the_same_gradient(vqgan, latent, checkpointing):
-    vqgan.set_checkpointing(checkpointing)
+    decode = functools.partial(vqgan.decode, checkpointing=checkpointing)
     try:
-        lean = input_grad(vqgan.decode, latent)
-        lean_bytes = saved_bytes(vqgan.decode, latent, vqgan)
+        lean = input_grad(decode, latent)
+        lean_bytes = saved_bytes(decode, latent, vqgan)
         vqgan.requires_grad_(True)  # trainable weights: autograd's own backward, which keeps every input
-        plain = input_grad(vqgan.decode, latent)
-        plain_bytes = saved_bytes(vqgan.decode, latent, vqgan)
+        plain = input_grad(decode, latent)
+        plain_bytes = saved_bytes(decode, latent, vqgan)
     finally:
         vqgan.requires_grad_(False)
-        vqgan.set_checkpointing(False)
     torch.testing.assert_close(lean, plain, rtol=1e-5, atol=1e-6)
     if not checkpointing:  # 0.46 here; 0.32 on the full-size f16 decoder, with three blocks per level
         assert lean_bytes < 0.5 * plain_bytes, (lean_bytes, plain_bytes)
@@ -63,7 +64,7 @@ def test_the_frozen_decoder_keeps_less_and_gives_the_same_gradient(vqgan, latent
 def test_the_fast_vit_with_folded_quick_gelu_matches_open_clip_and_keeps_less(tiny_clip):
     import open_clip
 
-    from vqclip.clip_loading import load_clip, parse_clip_name
+    from vqclip.weights.clip import load_clip, parse_clip_name
 
     clip = load_clip(tiny_clip)  # its QuickGELU MLPs are folded into SiLU ones
     source = parse_clip_name(tiny_clip)
@@ -82,7 +83,7 @@ def test_the_fast_vit_with_folded_quick_gelu_matches_open_clip_and_keeps_less(ti
 
 
 def test_dropping_the_text_tower_frees_it_and_keeps_the_image_tower(tiny_clip):
-    from vqclip.clip_loading import load_clip
+    from vqclip.weights.clip import load_clip
 
     clip = load_clip(tiny_clip)
     x = torch.rand(2, 3, clip.input_size, clip.input_size)

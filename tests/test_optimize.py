@@ -9,7 +9,8 @@ from torch.testing import assert_close
 
 from vqclip import load_vqgan
 from vqclip.cutouts import Cutouts
-from vqclip.optimize import Guide, Target, area_size, clip_losses, decode_image, optimize, spherical_dist
+from vqclip.guidance import Guide, Target, area_size, spherical_dist
+from vqclip.optimize import clip_losses, decode_image, optimize
 
 # As tests/test_memory_precision.py's bf16 vs fp32 test: final losses within 5% after 30 steps.
 PRECISION_TOLERANCE = 0.05

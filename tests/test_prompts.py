@@ -5,6 +5,7 @@ import pytest
 from vqclip.config import GenerationConfig, parse_size, round_size
 from vqclip.errors import UsageError
 from vqclip.output import default_name, slug
+from vqclip.pipeline.validate import validate
 from vqclip.prompts import Prompt, parse_prompt, parse_story, phase_at
 
 
@@ -73,6 +74,10 @@ def test_config_rejects(kwargs, message):
 
 
 def test_names():
-    assert slug("City during a rainy night:1.5 | fog") == "city-during-a-rainy-night"
+    assert slug("City during a rainy night") == "city-during-a-rainy-night"
+    assert (
+        validate(GenerationConfig("City during a rainy night:1.5 | fog", seed=1)).name_stem
+        == "City during a rainy night"
+    )
     assert default_name("a/b\\c", 7) == "a-b-c_s7.png"
     assert slug("!!!") == "image"

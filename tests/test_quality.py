@@ -26,7 +26,7 @@ from PIL import Image
 
 from vqclip import generate
 from vqclip.config import GenerationConfig
-from vqclip.loading import load_models
+from vqclip.pipeline.load import load_models
 from vqclip.shapes import CLIP_A, CLIP_B, VQGAN
 from vqclip.shapes.judge import judge, load_judge
 from vqclip.shapes.scenes import render, sample_scene

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from tests.http_server import FileServer
-from vqclip import cache, download, load_vqgan
+from vqclip import load_vqgan
 from vqclip.errors import UsageError
-from vqclip.pretrained import PRETRAINED
-from vqclip.registry import get_spec, list_specs
+from vqclip.weights import cache, download
+from vqclip.weights.pretrained import PRETRAINED
+from vqclip.weights.registry import get_spec, list_specs
 
 
 def _run(vq, *args) -> tuple[int, str, str]:

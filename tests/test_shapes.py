@@ -98,8 +98,8 @@ def test_the_vqgan_reconstructs_every_colour_and_shape():
     """decode(encode(render)) as the judge sees it, one held-out render of each of the 90 classes. What the
     decoder cannot draw, guidance cannot draw either: the first VQGAN (uniform crops) kept only blue and
     orange (colour right 34 of 90); the shipped one, trained on crops centred on the shape, all six."""
-    from vqclip.loading import load_vqgan
     from vqclip.shapes.judge import judge_reconstructions
+    from vqclip.weights.loading import load_vqgan
 
     vqgan = load_vqgan(WEIGHTS / "shapes_f8.ckpt", WEIGHTS / "shapes_f8.yaml").eval()
     judged = judge_reconstructions(vqgan, np.random.default_rng(HELD_OUT_SEED))

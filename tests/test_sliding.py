@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from vqclip.loading import load_transformer
 from vqclip.models.gpt import GPT, GPTConfig
 from vqclip.sliding import filter_logits, sample_tokens, schedule, window_start
+from vqclip.weights.loading import load_transformer
 
 
 @pytest.fixture(scope="module")

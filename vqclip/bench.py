@@ -18,9 +18,10 @@ import torch
 
 from vqclip.config import GenerationConfig
 from vqclip.device import resolve_device, resolve_precision
-from vqclip.guidance import guides
-from vqclip.loading import Models, prepare_for_speed
+from vqclip.models import Models
 from vqclip.optimize import optimize
+from vqclip.pipeline.guided import build_guides
+from vqclip.weights.loading import ready_for_speed
 
 STAGES = ("decoder", "cutouts", "clip", "backward", "optimiser")
 
@@ -31,12 +32,12 @@ def random_models(cfg: GenerationConfig, shapes_only: bool = False) -> Models:
     (the Models still name the device the plan is for)."""
     import open_clip
 
-    from vqclip.clip_loading import parse_clip_name
     from vqclip.errors import UsageError
-    from vqclip.loading import read_yaml, vqgan_config
     from vqclip.models.clip import wrap_clip
     from vqclip.models.vqgan import VQGAN
-    from vqclip.registry import get_spec
+    from vqclip.weights.clip import parse_clip_name
+    from vqclip.weights.loading import read_yaml, vqgan_config
+    from vqclip.weights.registry import get_spec
 
     device = resolve_device(cfg.device)
     spec = get_spec(cfg.vqgan)
@@ -54,9 +55,11 @@ def random_models(cfg: GenerationConfig, shapes_only: bool = False) -> Models:
         arch = parse_clip_name(name).arch
         model = open_clip.create_model(arch, device=home).eval().requires_grad_(False)
         clips.append(wrap_clip(name, model, open_clip.get_tokenizer(arch), None).to(home))
-    models = Models(vqgan, {"name": cfg.vqgan, "sha256": None}, clips, device, resolve_precision(cfg.precision, device))
-    prepare_for_speed(models, cfg)
-    return models
+    dtype = resolve_precision(cfg.precision, device)
+    if not cfg.encodes_images:
+        vqgan.drop_encoder()
+    ready_for_speed(vqgan, clips, device, dtype, cfg.compile)
+    return Models(vqgan, {"name": cfg.vqgan, "sha256": None}, tuple(clips), device, dtype)
 
 
 # CPU flags that make a precision fast (/proc/cpuinfo names): bf16 dot products and tiles, fp16 arithmetic.
@@ -171,6 +174,15 @@ class _Timer:
         self.cpu.clear()
 
 
+def guides(models: Models, cfg: GenerationConfig, generator: torch.Generator) -> list:
+    """The guides a run of `cfg` builds (its prompt encoded by the models' CLIPs)."""
+    from vqclip.pipeline.prepare import encode_story
+    from vqclip.pipeline.validate import validate
+
+    request = validate(cfg)
+    return build_guides(models, encode_story(models, request), request, cfg.size, generator)
+
+
 def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: int = 1, plan=None) -> dict:
     """Median per-stage and whole-step times over `steps` steps (after `warmup`), the peak memory of the
     steps (warm-up included, model loading not), then the FLOPs of one more step (counted afterwards: the
@@ -185,10 +197,9 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     z = models.vqgan.embed(torch.randint(models.vqgan.config.n_embed, (1, h // f, w // f))).to(models.device)
     generator = torch.Generator().manual_seed(0)
     targets = guides(models, cfg, generator)
-    drop_text_towers(models)
+    drop_text_towers(models)  # like a single run's models, loaded with text_towers=False
     reset_peak_memory(models.device)
     chunk = plan.clip_chunk if plan else None
-    models.vqgan.set_checkpointing(bool(plan and plan.checkpointing))
     timer = _Timer(models.device, {}, {})
     loop = optimize(
         models.vqgan,
@@ -199,6 +210,7 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
         lr=cfg.lr,
         dtype=models.dtype,
         clip_chunk=chunk,
+        checkpointing=bool(plan and plan.checkpointing),
         timer=timer,
     )
     for _ in range(warmup):
@@ -240,8 +252,8 @@ def run_bench(
 ) -> dict:
     """One benchmark configuration: the memory plan, per-stage times, FLOPs, peak memory against the
     estimate, FLOP share, and the machine with its load before and after."""
-    from vqclip.loading import load_models
     from vqclip.memory import largest_square, make_plan
+    from vqclip.pipeline.load import load_models
 
     if threads:
         torch.set_num_threads(threads)

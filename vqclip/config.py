@@ -8,7 +8,7 @@ import random
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from vqclip.errors import UsageError
-from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
+from vqclip.weights.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
 
 RESAMPLES = ("area", "lanczos")
 AUGMENTS = ("affine", "perspective", "jitter", "erasing", "flip", "sharpness")

@@ -1,5 +1,5 @@
 """Typed errors and the exit codes they stand for. Each error carries its exit code and a one-line hint;
-only `vqclip.cli` turns them into exits (design section 7)."""
+only `vqclip.cli` turns them into exits."""
 
 from enum import IntEnum
 

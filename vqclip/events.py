@@ -33,3 +33,17 @@ ProgressFn = Callable[[Progress], None]
 
 def ignore(event: Progress) -> None:
     """The default `progress` callable: report nothing."""
+
+
+@dataclass
+class Step:
+    """The state after one CLIP-guided step, for callers that watch the image (frames, previews)."""
+
+    i: int  # steps done in the run (a canvas counts its base steps, then its refinement's)
+    steps: int  # steps of the whole run
+    loss: float
+    losses: list[float]
+    phase: int  # story phase
+    stage: str  # "" for a plain run; "base" or "refine" on a large canvas
+    z: object  # the latent (a detached torch.Tensor)
+    image: Callable  # () -> PIL.Image of the latent, decoded in fp32

@@ -90,7 +90,7 @@ def weights_bytes(models, text_towers: bool = True) -> int:
     """Bytes of the weights a step holds: the VQGAN as loaded (its encoder dropped when unused) and the
     CLIPs, without their text towers when `text_towers` is False (dropped once the prompts are encoded)."""
     mods = [models.vqgan] + [c.model for c in models.clips]
-    total = sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
+    total = sum(t.numel() * t.element_size() for m in mods for t in [*m.parameters(), *m.buffers()])
     if not text_towers:
         total -= sum(c.text_tower_bytes() for c in models.clips)
     return total
@@ -195,8 +195,8 @@ def release_freed_memory() -> None:
 
 
 def drop_text_towers(models) -> None:
-    """Free every CLIP's text tower and give its memory back: for a run whose prompts are all encoded
-    (a single image; a batch encodes new prompts per image and keeps them). The plan's `text_towers=False`."""
+    """Free every CLIP's text tower and give its memory back (the loader's `text_towers=False`, and the
+    benchmarks' random-weight models); the plan's `text_towers=False` counts on it."""
     for clip in models.clips:
         clip.drop_text_tower()
     release_freed_memory()

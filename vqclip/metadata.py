@@ -60,13 +60,10 @@ def parameters(result) -> str:
 
 def read_record(path: str | Path) -> dict:
     """The `vqclip` JSON chunk of a PNG written by vqclip; one clear error for anything else."""
-    from PIL import Image
-
     from vqclip.images import open_image
 
     open_image(path)  # one clear error for a missing or unreadable file
-    with Image.open(path) as im:
-        text = im.text.get("vqclip") if hasattr(im, "text") else None
+    text = png_texts(path).get("vqclip")
     if not text:
         raise UsageError(f"{path} has no vqclip metadata (it was not written by vqclip, or it was re-saved).")
     try:
@@ -76,3 +73,24 @@ def read_record(path: str | Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise UsageError(f"{path} has a vqclip metadata chunk that is not a valid record (it was edited or damaged).")
     return data
+
+
+def png_texts(path: str | Path) -> dict:
+    """The text chunks of an image (a PNG's tEXt/iTXt/zTXt), {} for a format without them."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return dict(getattr(im, "text", {}) or {})
+
+
+def upscaled_record(path: str | Path, upscale: dict) -> tuple[str, dict]:
+    """(parameters, vqclip record) for an upscaled copy of an existing image: its own, with the upscale
+    added (an image vqclip did not write gets only the parameters line)."""
+    texts = png_texts(path)
+    try:
+        data = json.loads(texts["vqclip"]) if texts.get("vqclip") else {}
+    except ValueError:
+        data = {}
+    data = {**data, "upscale": upscale} if isinstance(data, dict) and data else {}
+    name = upscale.get("model", "")
+    return (texts.get("parameters", "") + f"\nUpscale: x{upscale['factor']} ({name})").strip(), data

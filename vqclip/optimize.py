@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vqclip.device import autocast as autocast_context
+from vqclip.guidance import Guide
 
 
 class _ClampWithGrad(torch.autograd.Function):
@@ -43,9 +44,10 @@ def quantize_st(vqgan, z: torch.Tensor) -> torch.Tensor:
     return z + (z_q - z).detach()
 
 
-def synth(vqgan, z: torch.Tensor) -> torch.Tensor:
-    """Latent (1, C, h, w) -> image (1, 3, H, W) in [0, 1], differentiable in z, in the caller's precision."""
-    return clamp_with_grad(vqgan.decode(quantize_st(vqgan, z)).float().add(1).div(2), 0, 1)
+def synth(vqgan, z: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
+    """Latent (1, C, h, w) -> image (1, 3, H, W) in [0, 1], differentiable in z, in the caller's precision;
+    `checkpointing` recomputes the decoder's blocks in the backward pass."""
+    return clamp_with_grad(vqgan.decode(quantize_st(vqgan, z), checkpointing).float().add(1).div(2), 0, 1)
 
 
 @torch.no_grad()
@@ -54,65 +56,6 @@ def decode_image(vqgan, z: torch.Tensor) -> torch.Tensor:
     the run's precision (bf16 moves about 65% of 8-bit pixels, by up to 14 levels)."""
     with torch.autocast(z.device.type, enabled=False):
         return synth(vqgan, z.detach().float())
-
-
-HALF_CHORD_MAX = 1 - 1e-6  # arcsin's gradient is infinite at 1, where rounding can put opposite directions
-
-
-def spherical_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared great-circle distance between the directions of x and y (broadcast over leading dims). The
-    half chord is kept just below 1, so nearly opposite directions give a finite gradient, not NaN."""
-    x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
-    return (x - y).norm(dim=-1).div(2).clamp(max=HALF_CHORD_MAX).arcsin().pow(2).mul(2)
-
-
-@dataclass
-class Target:
-    """One prompt as CLIP sees it: embeddings (K, D) (K = 1 for text, one per cutout for an image), a weight
-    (negative pushes away) and a stop below which a cutout's distance no longer pulls."""
-
-    embed: torch.Tensor
-    weight: float = 1.0
-    stop: float = float("-inf")
-
-    def __post_init__(self):
-        self.embed = self.embed.reshape(-1, self.embed.shape[-1])
-
-    def loss(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        """|w| * mean(sign(w) * d) over every (cutout, embedding) pair, as in the reference `Prompt`: the
-        value is the raw distance, the gradient goes through max(sign(w) * d, stop), so a pair already
-        past its stop contributes none."""
-        d = spherical_dist(image_embeds[:, None], self.embed[None]) * math.copysign(1.0, self.weight)  # (N, K)
-        stopped = torch.maximum(d, torch.full_like(d, self.stop))
-        d = stopped + (d - stopped).detach()  # forward: d; backward: the gradient of max(d, stop)
-        return abs(self.weight) * d.mean()
-
-
-def area_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) with the aspect ratio of height x width and the area of `size` (w, h), never enlarged:
-    how the reference sizes an image prompt before cutting it out."""
-    area = min(height * width, size[0] * size[1])
-    return round(math.sqrt(area * height / width)), round(math.sqrt(area * width / height))
-
-
-@torch.no_grad()
-def embed_image_prompt(clip, cutouts, image: torch.Tensor, size: tuple[int, int], generator) -> torch.Tensor:
-    """An image prompt as the reference embeds it: the CLIP embeddings (cutn, D) of `cutn` augmented
-    cutouts of the image (1, 3, H, W) in [0, 1], resized to the canvas area `size` (w, h) with its own
-    aspect ratio; its Target pulls by the mean distance to all of them (several scales, nothing cropped)."""
-    height, width = area_size(image.shape[2], image.shape[3], size)
-    pixels = F.interpolate(image.float(), (height, width), mode="bicubic", antialias=True, align_corners=False)
-    cuts = cutouts(pixels.clamp(0, 1), cutouts.draw(height, width, generator))
-    return clip.encode_image(cuts).float()
-
-
-@dataclass
-class Guide:
-    """A CLIP model, its cutout maker, and its targets per story phase."""
-
-    clip: object  # vqclip.models.clip.ClipModel
-    cutouts: torch.nn.Module  # vqclip.cutouts.Cutouts
-    phases: list  # list[list[Target]]: targets of each phase (image/noise prompts in every phase)
 
 
 @dataclass(frozen=True)
@@ -183,6 +126,7 @@ def optimize(
     phase_of: Callable[[int], int] = lambda i: 0,
     dtype: torch.dtype | None = None,
     clip_chunk: int | None = None,
+    checkpointing: bool = False,
     timer=None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     transform_every: int = 0,
@@ -201,6 +145,7 @@ def optimize(
         dtype: the autocast dtype of the decoder and CLIP passes (None: fp32); fp16 adds loss scaling.
             The latent, the losses and Adam stay fp32, and so does the nearest-code search.
         clip_chunk: encode at most this many cutouts at once (bounds CLIP's activation memory).
+        checkpointing: recompute the decoder's blocks in the backward pass (bounds its activation memory).
         timer: optional `timer(stage)` context manager factory, for per-stage timings (benchmarks).
         transform: optional z -> z applied every `transform_every` steps (animation); Adam restarts.
     """
@@ -216,7 +161,7 @@ def optimize(
         opt.zero_grad(set_to_none=True)
         # 1. Decode the quantised latent.
         with timer("decoder"), amp:
-            image = synth(vqgan, z)
+            image = synth(vqgan, z, checkpointing)
         # 2. CLIP losses on the cutouts, back-propagated to the image (a leaf) chunk by chunk.
         pixels = image.detach().requires_grad_(True)
         losses = []

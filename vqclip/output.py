@@ -14,16 +14,14 @@ from vqclip.errors import OutputError, UsageError
 
 
 def slug(text: str, max_len: int = 60) -> str:
-    """'City during a rainy night:1.5' -> 'city-during-a-rainy-night'."""
-    from vqclip.prompts import parse_prompt
-
-    first = parse_prompt(re.split(r"[|^]", text)[0]).text
-    words = re.sub(r"[^a-z0-9]+", "-", first.lower()).strip("-")
+    """'City during a rainy night' -> 'city-during-a-rainy-night' (a prompt's text, its weights parsed off)."""
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return (words[:max_len].rstrip("-")) or "image"
 
 
-def default_name(prompt: str, seed: int, suffix: str = ".png") -> str:
-    return f"{slug(prompt)}_s{seed}{suffix}"
+def default_name(stem: str, seed: int, suffix: str = ".png") -> str:
+    """PROMPT-SLUG_sSEED.png from a request's `name_stem` (vqclip.pipeline.validate.Request)."""
+    return f"{slug(stem)}_s{seed}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ class FrameSink:
             self.tmp.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_temps(self.tmp.parent)
             cmd = [
-                shutil.which("ffmpeg") or "ffmpeg",  # its presence is checked by vqclip.validate.check_video
+                shutil.which("ffmpeg") or "ffmpeg",  # its presence is checked by vqclip.pipeline.validate.check_video
                 "-loglevel",
                 "error",
                 "-y",

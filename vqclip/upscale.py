@@ -17,7 +17,7 @@ def load_upscaler(path: str | Path, device="cpu"):
     then only recognises the architecture from the tensors."""
     import spandrel
 
-    from vqclip.checkpoint import damaged_hint, read_checkpoint
+    from vqclip.weights.checkpoint import damaged_hint, read_checkpoint
 
     path = Path(path)
     if not path.is_file():

@@ -306,7 +306,8 @@ class AdversarialPool:
 
     def step(self, model, tokens) -> tuple[torch.Tensor, torch.Tensor]:
         """One guidance step for the next `per_call` latents; returns their images (before the step) and labels."""
-        from vqclip.optimize import spherical_dist, synth
+        from vqclip.guidance import spherical_dist
+        from vqclip.optimize import synth
 
         ks = [(self.next + j) % self.n for j in range(self.per_call)]
         self.next = (self.next + self.per_call) % self.n
@@ -366,8 +367,8 @@ def robust_finetune(args, spec, model, rng: np.random.Generator, generator: torc
     synthetic junk image per group (tile-shuffled, blobs or off-colour, in the group's colour and
     background) and 2 adversarial images: 76 images. The positives' crops hold the whole shape (as in
     stage 1); the negatives' are vqclip's random crops."""
-    from vqclip.loading import load_vqgan
     from vqclip.shapes import WEIGHTS as SHIPPED
+    from vqclip.weights.loading import load_vqgan
 
     vqgan = load_vqgan(SHIPPED / "shapes_f8.ckpt", SHIPPED / "shapes_f8.yaml").eval()
     for p in vqgan.parameters():

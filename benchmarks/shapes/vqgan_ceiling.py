@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqclip.loading import load_vqgan
 from vqclip.optimize import synth
 from vqclip.shapes import WEIGHTS
 from vqclip.shapes.judge import judge, load_judge
 from vqclip.shapes.scenes import render_array, sample_scene
+from vqclip.weights.loading import load_vqgan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quality import suite  # noqa: E402

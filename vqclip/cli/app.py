@@ -69,7 +69,7 @@ def _on_ctrl_c(signum, frame):
 
 def _handle_signals() -> dict:
     """SIGTERM (Slurm, `timeout`, `docker stop`) and SIGHUP (a dropped SSH session) stop a run like Ctrl-C:
-    the latest image is saved (vqclip.render) and the process exits 143 / 129. Every handler, Ctrl-C's too,
+    the latest image is saved (vqclip.pipeline.write) and the process exits 143 / 129. Every handler, Ctrl-C's too,
     records its signal before it raises, so the loop still stops if the exception is lost on its way up
     (vqclip.errors.stop_if_signalled). Returns the handlers they replaced, for `main()` to put back (it may
     be called in-process, from a program of the user's)."""

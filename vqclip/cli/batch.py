@@ -1,4 +1,4 @@
-"""`vqclip batch FILE|-`: one image per line, the models loaded once (the loop is vqclip.batch.run_batch)."""
+"""`vqclip batch FILE|-`: one image per line, the models loaded once (the loop is vqclip.pipeline.batch.run_batch)."""
 
 import sys
 from pathlib import Path
@@ -30,12 +30,12 @@ def batch(prompts, outdir, skip_existing, shard, overwrite, offline, quiet, prog
     each image gets a line in manifest.jsonl (one manifest per shard). A bad line is reported, marked in
     the manifest and skipped; the batch exits 1 at the end if any line failed.
     """
-    from vqclip.batch import BatchOptions, decode_prompts, local_rank, read_prompts, resolve_shard, shard_items
-    from vqclip.validate import check_writable
+    from vqclip.pipeline.batch import BatchOptions, decode_prompts, local_rank, read_prompts, resolve_shard, shard_items
+    from vqclip.pipeline.validate import check_writable
 
     items = read_prompts(decode_prompts(_read_bytes(prompts), "stdin" if prompts == "-" else prompts))
     shard_k_n = resolve_shard(shard)
-    template = build_config("batch", {**params, "seed": params["seed"] if params["seed"] is not None else 0})
+    template = build_config("batch", params)  # the batch seed defaults to 0 in run_batch
     outdir = Path(outdir).expanduser()
     check_writable(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def batch(prompts, outdir, skip_existing, shard, overwrite, offline, quiet, prog
 
 
 def _run(items, template, options, offline, reporter):
-    from vqclip.batch import run_batch
+    from vqclip.pipeline.batch import run_batch
 
     def on_error(line: int, err: UsageError) -> None:
         reporter.message(f"Line {line}: {err.message} (skipped)")
@@ -65,7 +65,7 @@ def _run(items, template, options, offline, reporter):
         items,
         template,
         options,
-        lambda cfg, checked: load(cfg, offline, reporter, checked),
+        lambda request: load(request, offline, reporter, encoder=request.encodes_images),
         progress=reporter,
         on_saved=lambda path: reporter.output(str(path)),
         on_error=on_error,

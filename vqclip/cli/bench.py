@@ -9,7 +9,7 @@ from vqclip.cli.app import cli, info
 from vqclip.cli.options import parse_bytes
 from vqclip.config import DEVICES, PRECISIONS, parse_size
 from vqclip.errors import VqclipError
-from vqclip.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
+from vqclip.weights.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
 
 # ---- bench -------------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """`vqclip generate` (also `vqclip "PROMPT"`) and `vqclip replay`: parse, then validate -> load -> prepare ->
-render (vqclip.pipeline), printing the notes and the output path."""
+write (vqclip.pipeline), printing the notes and the output path."""
 
 import sys
 from dataclasses import replace
@@ -35,38 +35,35 @@ def output_options(f):
     return f
 
 
-def default_stem(cfg: GenerationConfig) -> str:
-    """What the default file name is made of: the prompt, else the first image prompt's name."""
-    from vqclip.prompts import parse_prompt
-
-    if cfg.prompt.strip():
-        return cfg.prompt
-    return Path(parse_prompt(cfg.image_prompts[0]).text).stem if cfg.image_prompts else "noise"
-
-
-def run_command(cfg, output, overwrite, save_every, frames, video, offline, progress_mode, stop_after=None):
-    """The one pass for a single image: validate, load, prepare, render; print the path."""
+def run_command(
+    cfg, output, overwrite, save_every, frames, video, offline, progress_mode, stop_after=None, inputs=None
+):
+    """The one pass for a single image: validate, load, prepare, write; print the path. `inputs`: the
+    {path: sha256} a replayed image was made from, which the input images must still match."""
     from vqclip.output import OutputOptions, default_name, output_path
-    from vqclip.validate import check_frames, check_video, check_writable, validate
+    from vqclip.pipeline.validate import check_outputs, validate
 
-    cfg = cfg.with_seed()  # fixed now: the file name and the metadata carry it
-    path = output_path(output, default_name(default_stem(cfg), cfg.seed))
-    checked = validate(cfg)
-    check_writable(path.parent)
-    check_video(video)
-    check_frames(None if video else frames, overwrite)  # with --video the frames go to ffmpeg only
+    if inputs:
+        check_inputs_exist(inputs)
+    request = validate(cfg)  # the seed is fixed here: the file name and the metadata carry it
+    for path, digest in (request.inputs or {}).items():
+        if inputs and inputs.get(path, digest) != digest:
+            raise UsageError(f"The image was made from {path}, which has changed since (its sha256 differs).")
+    path = output_path(output, default_name(request.name_stem, request.cfg.seed))
+    out = OutputOptions(path, overwrite, save_every, sys.stdout.buffer if frames == "-" else frames, video)
+    check_outputs(out)
     if frames == "-":
         STDOUT["taken"] = True
-    out = OutputOptions(path, overwrite, save_every, sys.stdout.buffer if frames == "-" else frames, video)
     with Reporter(progress_mode) as reporter:
-        models = load(cfg, offline, reporter, checked)
-        from vqclip.job import prepare
-        from vqclip.render import render
+        # loaded for this image only: no more than it needs (a canvas keeps the text towers for its class)
+        models = load(request, offline, reporter, encoder=request.encodes_images, text_towers=bool(cfg.transformer))
+        from vqclip.pipeline.prepare import prepare
+        from vqclip.pipeline.write import write
 
-        job = prepare(cfg, models, stop_after=stop_after, last_job=True)
+        job = prepare(request, models, stop_after=stop_after)
         for note in job.notes:
             reporter.message(note)
-        result = render(job, models, out, progress=reporter)
+        result = write(job, models, out, progress=reporter)
     if frames != "-":
         click.echo(str(result.path))
     else:
@@ -75,11 +72,12 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
         click.echo(str(result.video))  # an output like the PNG: its path on stdout, after the PNG's
 
 
-def load(cfg, offline: bool, reporter: Reporter, checked):
-    from vqclip.loading import load_models
+def load(request, offline: bool, reporter: Reporter, **keep):
+    """The models of a validated request; `keep` says what they hold (vqclip.pipeline.load.load_models)."""
+    from vqclip.pipeline.load import load_models
 
     reporter.message("Loading models ...")
-    return load_models(cfg, offline=offline or None, progress=reporter, checked=checked)
+    return load_models(request, offline or None, reporter, **keep)
 
 
 @cli.command()
@@ -124,20 +122,16 @@ def replay(image, output, overwrite, offline, quiet, progress):
         cfg = GenerationConfig.from_dict(record["config"])
     except (TypeError, ValueError) as err:
         raise UsageError(f"{image} has vqclip metadata this version cannot replay ({err}).") from None
-    check_inputs_unchanged(record)
     stop_after = None if record.get("complete", True) else record.get("steps_done")
     if record.get("upscale"):
         cfg = replace(cfg, upscale=record["upscale"]["factor"])
     out = output if output is not None else str(Path(image))
-    run_command(cfg, out, overwrite, 0, None, None, offline, "none" if quiet else progress, stop_after=stop_after)
+    mode = "none" if quiet else progress
+    run_command(cfg, out, overwrite, 0, None, None, offline, mode, stop_after=stop_after, inputs=record.get("inputs"))
 
 
-def check_inputs_unchanged(record: dict) -> None:
-    """The input images a record names are where it says, with the same content."""
-    from vqclip.cache import sha256_file
-
-    for path, digest in (record.get("inputs") or {}).items():
+def check_inputs_exist(inputs: dict) -> None:
+    """The input images a record names are where it says."""
+    for path in inputs:
         if not Path(path).is_file():
             raise UsageError(f"The image was made from {path}, which no longer exists.")
-        if sha256_file(Path(path)) != digest:
-            raise UsageError(f"The image was made from {path}, which has changed since (its sha256 differs).")

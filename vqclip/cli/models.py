@@ -24,17 +24,17 @@ def _human(size: int | None) -> str:
 
 
 def _from_hub(spec) -> bool:
-    """CLIP entries whose weights open_clip names on the Hugging Face Hub (vqclip.clip_loading); not those
+    """CLIP entries whose weights open_clip names on the Hugging Face Hub (vqclip.weights.clip); not those
     with local files (a user's, or the shapes world's shipped inside the package)."""
     return spec.kind == "clip" and spec.checkpoint is None and not spec.path
 
 
 def _files(spec) -> list:
-    """The cache files of an entry (vqclip.cache.FileTarget), CLIP Hub files included."""
-    from vqclip.registry import targets
+    """The cache files of an entry (vqclip.weights.cache.FileTarget), CLIP Hub files included."""
+    from vqclip.weights.registry import targets
 
     if _from_hub(spec):
-        from vqclip.clip_loading import clip_files
+        from vqclip.weights.clip import clip_files
 
         return clip_files(spec)
     return targets(spec)
@@ -47,8 +47,8 @@ def models_list(kind, as_json):
     """The known models: name, kind, size, and whether they are cached and verified."""
     from rich.table import Table
 
-    from vqclip.clip_loading import clip_status
-    from vqclip.registry import list_specs, status
+    from vqclip.weights.clip import clip_status
+    from vqclip.weights.registry import list_specs, status
 
     rows = []
     for spec in list_specs(kind):
@@ -89,8 +89,8 @@ def models_list(kind, as_json):
 def models_download(names, quiet):
     """Download models into the cache (verified); prints each local path."""
     from vqclip.cli.progress import Reporter
-    from vqclip.clip_loading import download_clip
-    from vqclip.registry import fetch_model, get_spec
+    from vqclip.weights.clip import download_clip
+    from vqclip.weights.registry import fetch_model, get_spec
 
     specs = [get_spec(n) for n in names]  # unknown names fail before any download
     with Reporter("none" if quiet else "bar") as reporter:
@@ -106,8 +106,8 @@ def models_download(names, quiet):
 @click.argument("names", nargs=-1)
 def models_verify(names):
     """Re-check cached files (sha256, and what they hold); remove bad ones (fetched again on next use)."""
-    from vqclip.cache import cache_dir, check_file, remove_cached
-    from vqclip.registry import get_spec, list_specs
+    from vqclip.weights.cache import cache_dir, check_file, remove_cached
+    from vqclip.weights.registry import get_spec, list_specs
 
     specs = [get_spec(n) for n in names] if names else list_specs()
     present = []
@@ -137,11 +137,11 @@ def models_verify(names):
 @click.argument("name")
 def models_path(name):
     """Print where a model's checkpoint lives (or will live) in the cache."""
-    from vqclip.registry import get_spec
+    from vqclip.weights.registry import get_spec
 
     spec = get_spec(name)
     if _from_hub(spec):
-        from vqclip.clip_loading import clip_path
+        from vqclip.weights.clip import clip_path
 
         click.echo(str(clip_path(spec)))
         return

@@ -1,6 +1,5 @@
 """`vqclip upscale IMAGE...`: Real-ESRGAN on existing images; vqclip metadata is carried over."""
 
-import json
 import os
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from vqclip.errors import UsageError
 @click.option("--quiet", "-q", is_flag=True, help="No progress or messages on stderr.")
 def upscale(images, scale, model, tile, output, overwrite, device, offline, quiet):
     """Upscale existing images with Real-ESRGAN; vqclip metadata is carried over and records the upscale."""
-    from vqclip.validate import check_image
+    from vqclip.pipeline.validate import check_image
 
     for path in images:  # every input is checked before the model loads
         check_image(path)
@@ -32,41 +31,20 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
         raise UsageError("-o must be a folder when several images are given.")
     from vqclip.device import resolve_device
     from vqclip.images import open_image
-    from vqclip.loading import resolve_upscaler
+    from vqclip.metadata import upscaled_record
     from vqclip.output import png_info, save_png
-    from vqclip.pretrained import DEFAULT_UPSCALER
-    from vqclip.upscale import load_upscaler, upscale_image
+    from vqclip.pipeline.run import upscale_image
+    from vqclip.weights.loading import fetch_upscaler
+    from vqclip.weights.pretrained import DEFAULT_UPSCALER
 
-    name = model or DEFAULT_UPSCALER
     target_device = resolve_device(device)
     with Reporter("none" if quiet else "bar") as reporter:
-        path, sha256 = resolve_upscaler(name, offline=offline or None, progress=reporter)
-        upscaler = load_upscaler(path, target_device)
-        record = {"model": name, "sha256": sha256, "factor": scale, "tile": tile}
+        upscaler, record = fetch_upscaler(model or DEFAULT_UPSCALER, target_device, offline or None, reporter)
         for source in images:
-            big = upscale_image(upscaler, open_image(source), scale, tile, progress=reporter)
-            texts = _png_texts(source)
-            meta = _record(texts.get("vqclip"))
-            if meta is not None:
-                meta["upscale"] = record
-            parameters = texts.get("parameters", "") + f"\nUpscale: x{scale} ({name})"
+            big, done = upscale_image(upscaler, record, open_image(source), scale, tile, reporter)
+            parameters, meta = upscaled_record(source, done)
             target = Path(output) if output else Path(source).with_name(f"{Path(source).stem}_x{scale}.png")
             if target.is_dir() or (output or "").endswith(("/", os.sep)):
                 target = target / f"{Path(source).stem}_x{scale}.png"
-            saved = save_png(big, target, png_info(parameters.strip(), meta or {}), overwrite)
+            saved = save_png(big, target, png_info(parameters, meta), overwrite)
             reporter.output(str(saved))
-
-
-def _record(text: str | None) -> dict | None:
-    try:
-        data = json.loads(text) if text else None
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _png_texts(path) -> dict:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return dict(getattr(im, "text", {}) or {})

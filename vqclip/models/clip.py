@@ -1,6 +1,6 @@
 """A frozen open_clip model as the loop uses it (Radford et al. 2021, "Learning Transferable Visual Models
 From Natural Language Supervision"; Cherti et al. 2023 for open_clip): its normalisation, input size and
-a faster ViT forward. Finding and loading the weights is `vqclip.clip_loading`'s job."""
+a faster ViT forward. Finding and loading the weights is `vqclip.weights.clip`'s job."""
 
 from dataclasses import dataclass
 
@@ -66,7 +66,9 @@ class ClipModel:
         device = self.mean.device
         return self.model.encode_text(self.tokenizer(texts).to(device)).float()
 
-    has_text_tower = True
+    @property
+    def has_text_tower(self) -> bool:
+        return bool(self._text_tower())
 
     def _text_tower(self) -> dict:
         """The text tower's parts by attribute name (modules, parameters, the attention-mask buffer)."""
@@ -81,11 +83,10 @@ class ClipModel:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def drop_text_tower(self) -> None:
-        """Free the text tower (ViT-B/32: 63M of its 151M weights) once every prompt is encoded: the
-        optimisation steps use the image tower only. A run that encodes more prompts later keeps it."""
+        """Free the text tower (ViT-B/32: 63M of its 151M weights): the optimisation steps use the image
+        tower only. Only the loader calls this, before anyone uses the model (vqclip.weights.loading)."""
         for name in self._text_tower():
             setattr(self.model, name, None)
-        self.has_text_tower = False
 
     def to(self, device):
         self.model.to(device)

@@ -178,26 +178,25 @@ def _mid(channels: int) -> nn.Module:
 
 
 class _Stack(nn.Module):
-    """Shared forward helpers for Encoder and Decoder; `checkpointing` recomputes each block in backward."""
+    """Shared forward helpers for Encoder and Decoder; `ckpt` recomputes each block in the backward pass."""
 
-    checkpointing = False
-
-    def _run(self, module, x):
-        if self.checkpointing and torch.is_grad_enabled():
+    @staticmethod
+    def _run(module, x, ckpt: bool = False):
+        if ckpt and torch.is_grad_enabled():
             return checkpoint(module, x, use_reentrant=False)
         return module(x)
 
-    def _level(self, level, x):
+    def _level(self, level, x, ckpt: bool = False):
         for j, block in enumerate(level.block):
-            x = self._run(block, x)
+            x = self._run(block, x, ckpt)
             if len(level.attn) > 0:
-                x = self._run(level.attn[j], x)
+                x = self._run(level.attn[j], x, ckpt)
         return x
 
-    def _middle(self, x):
-        x = self._run(self.mid.block_1, x)
-        x = self._run(self.mid.attn_1, x)
-        return self._run(self.mid.block_2, x)
+    def _middle(self, x, ckpt: bool = False):
+        x = self._run(self.mid.block_1, x, ckpt)
+        x = self._run(self.mid.attn_1, x, ckpt)
+        return self._run(self.mid.block_2, x, ckpt)
 
 
 class Encoder(_Stack):
@@ -259,12 +258,13 @@ class Decoder(_Stack):
         self.norm_out = _norm(block_in)
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, 1, 1)
 
-    def forward(self, z):
-        h = self._middle(frozen_conv(self.conv_in, z))
+    def forward(self, z, checkpointing: bool = False):
+        """`checkpointing`: recompute each block in the backward pass (less memory, a little more time)."""
+        h = self._middle(frozen_conv(self.conv_in, z), checkpointing)
         for level in reversed(self.up):
-            h = self._level(level, h)
+            h = self._level(level, h, checkpointing)
             if hasattr(level, "upsample"):
-                h = self._run(level.upsample, h)
+                h = self._run(level.upsample, h, checkpointing)
         return frozen_conv(self.conv_out, norm_silu(self.norm_out, h))
 
 
@@ -375,6 +375,7 @@ class VQGAN(nn.Module):
             self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.channels_last = False  # the decoder's memory format (use_channels_last, at load)
 
     @property
     def factor(self) -> int:
@@ -391,7 +392,7 @@ class VQGAN(nn.Module):
         For GumbelVQ this is the input of the logits head, not a vector of the codebook space: start an
         optimisation from `encode_codes` instead."""
         if self.encoder is None:
-            raise RuntimeError("this VQGAN's encoder was dropped (drop_encoder) to save memory")
+            raise RuntimeError("this VQGAN was loaded without its encoder (load_models(..., encoder=False))")
         return self.quant_conv(self.encoder(x))
 
     def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -402,7 +403,7 @@ class VQGAN(nn.Module):
         return self.embed(self.quantize.indices(self.encode(x))).float()
 
     def drop_encoder(self) -> None:
-        """Free the encoder (40% of the weights) when nothing will be encoded."""
+        """Free the encoder (40% of the weights) when nothing will be encoded; only the loader calls this."""
         self.encoder = None
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
@@ -413,20 +414,19 @@ class VQGAN(nn.Module):
         """Codebook vectors for indices (B, h, w) -> latent (B, embed_dim, h, w)."""
         return embed_codes(idx, self.codebook)
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """Quantised latent (B, embed_dim, h, w) -> image (B, 3, h*f, w*f) in [-1, 1]."""
+    def decode(self, z_q: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
+        """Quantised latent (B, embed_dim, h, w) -> image (B, 3, h*f, w*f) in [-1, 1]. `checkpointing`
+        recomputes the decoder's blocks in the backward pass (the memory plan decides, per run)."""
         if self.channels_last:
             z_q = z_q.contiguous(memory_format=torch.channels_last)
-        return self.decoder(self.post_quant_conv(z_q))
+        return self.decoder(self.post_quant_conv(z_q), checkpointing)
 
-    channels_last = False
+    @property
+    def has_encoder(self) -> bool:
+        return self.encoder is not None
 
     def use_channels_last(self) -> None:
         """Run the decoder in channels-last memory format: 1.3x faster convolutions on CPUs (fp32)."""
         self.decoder.to(memory_format=torch.channels_last)
         self.post_quant_conv.to(memory_format=torch.channels_last)
         self.channels_last = True
-
-    def set_checkpointing(self, enabled: bool) -> None:
-        """Recompute decoder blocks in the backward pass: less memory for a little more time."""
-        self.decoder.checkpointing = enabled

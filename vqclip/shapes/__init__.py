@@ -9,4 +9,4 @@ guides the quality benchmark, `shapes-b` scores it).
 from pathlib import Path
 
 WEIGHTS = Path(__file__).parent / "weights"
-VQGAN, CLIP_A, CLIP_B = "shapes_f8", "shapes-a", "shapes-b"  # registry names (vqclip.pretrained)
+VQGAN, CLIP_A, CLIP_B = "shapes_f8", "shapes-a", "shapes-b"  # registry names (vqclip.weights.pretrained)

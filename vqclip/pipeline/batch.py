@@ -96,10 +96,11 @@ def append_manifest(path: Path, record: dict) -> None:
         os.close(fd)
 
 
-def image_name(item: Item, seed: int) -> str:
+def image_name(line: int, request) -> str:
+    """LINE-PROMPT-SLUG_sSEED.png for a validated request (vqclip.pipeline.validate.Request)."""
     from vqclip.output import slug
 
-    return f"{item.line:04d}-{slug(item.prompt, 50)}_s{seed}.png"
+    return f"{line:04d}-{slug(request.name_stem, 50)}_s{request.cfg.seed}.png"
 
 
 @dataclass(frozen=True)
@@ -130,13 +131,15 @@ def run_batch(
     on_saved: Callable[[Path], None] = lambda path: None,
     on_error: Callable[[int, UsageError], None] = lambda line, err: None,
 ) -> BatchSummary:
-    """Generate one image per prompt with the models loaded once (by `load(cfg, checked)`, on the first image that
-    runs). Bad prompts are recorded in the manifest and skipped; an interrupted image is recorded as such
-    (its latest image in NAME.partial.png) and the interruption goes on to the caller."""
-    from vqclip.job import prepare
+    """Generate one image per prompt with the models loaded once (by `load(request)`, on the first image that
+    runs). Each line is validated, prepared and written like a single image; its seed comes from the batch
+    seed (0 unless the template has one) and its line. Bad prompts are recorded in the manifest and
+    skipped; an interrupted image is recorded as such (its latest image in NAME.partial.png) and the
+    interruption goes on to the caller."""
     from vqclip.output import OutputOptions
-    from vqclip.render import render
-    from vqclip.validate import validate
+    from vqclip.pipeline.prepare import prepare
+    from vqclip.pipeline.validate import validate
+    from vqclip.pipeline.write import write
 
     k, n = options.shard
     items = shard_items(items, k, n)
@@ -149,15 +152,13 @@ def run_batch(
         entry = {"line": item.line, "prompt": item.prompt, "seed": seed}
         start = time.perf_counter()
         try:
-            path = options.outdir / image_name(item, seed)
+            request = validate(replace(template, prompt=item.prompt, seed=seed))
+            path = options.outdir / image_name(item.line, request)
             if options.skip_existing and path.exists():
                 summary.skipped += 1
                 continue
-            cfg = replace(template, prompt=item.prompt, seed=seed)
-            checked = validate(cfg)
-            models = models or load(cfg, checked)
-            job = prepare(cfg, models)
-            result = render(job, models, OutputOptions(path, options.overwrite), progress=progress)
+            models = models or load(request)
+            result = write(prepare(request, models), models, OutputOptions(path, options.overwrite), progress=progress)
             entry.update(path=str(result.path), loss=result.loss, status="ok")
             summary.done += 1
             on_saved(result.path)

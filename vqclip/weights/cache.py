@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vqclip.errors import CacheError
-from vqclip.filetypes import content_problem
+from vqclip.weights.filetypes import content_problem
 
 try:
     import fcntl
@@ -111,7 +111,9 @@ class FileTarget:
     sha256: str | None = None
     label: str = ""  # for messages: "vqgan_imagenet_f16_16384 (model.ckpt)"
     fetch_command: str = ""  # for messages: the command that downloads it
-    content: str | None = None  # without a sha256: "checkpoint", "weights" or "taming-config" (vqclip.filetypes)
+    content: str | None = (
+        None  # without a sha256: "checkpoint", "weights" or "taming-config" (vqclip.weights.filetypes)
+    )
 
     @property
     def name(self) -> str:

@@ -9,21 +9,22 @@ User entries live in `$VQCLIP_CONFIG`, else `<platform config dir>/vqclip/config
     size = 980092370                                 # optional, bytes
     config_urls = ["https://example.org/my_vqgan.yaml"]   # or: config = "/local/model.yaml"
 
-A local `path` with no config uses the yaml beside the checkpoint (vqclip.loading.find_config), unless a
+A local `path` with no config uses the yaml beside the checkpoint (vqclip.weights.loading.find_config), unless a
 config is given with the request (--vqgan-config).
 """
 
 import difflib
+import functools
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqclip.cache import FileTarget, cache_dir, is_verified, read_stamp, sha256_file
-from vqclip.download import fetch
 from vqclip.errors import UsageError
 from vqclip.events import ProgressFn, ignore
-from vqclip.pretrained import PRETRAINED, FileSpec, WeightSpec
+from vqclip.weights.cache import FileTarget, cache_dir, is_verified, read_stamp, sha256_file
+from vqclip.weights.download import fetch
+from vqclip.weights.pretrained import PRETRAINED, FileSpec, WeightSpec
 
 KINDS = ("vqgan", "transformer", "clip", "upscaler")
 
@@ -136,13 +137,24 @@ def _user_spec(name: str, entry: dict, source: Path) -> WeightSpec:
 
 
 def user_specs() -> dict[str, WeightSpec]:
+    """The user's TOML entries, read once per process (again only if the file changes)."""
     path = user_config_path()
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}
     if not path.is_file():
         return {}
-    models = _toml_load(path).get("models", {})
+    return dict(_read_user_specs(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_user_specs(path: str, mtime_ns: int, size: int) -> dict[str, WeightSpec]:
+    source = Path(path)
+    models = _toml_load(source).get("models", {})
     if not isinstance(models, dict):
-        raise UsageError(f"`models` in {path} must be a table of [models.NAME] entries, not {_type_name(models)}.")
-    return {name: _user_spec(name, entry, path) for name, entry in models.items()}
+        raise UsageError(f"`models` in {source} must be a table of [models.NAME] entries, not {_type_name(models)}.")
+    return {name: _user_spec(name, entry, source) for name, entry in models.items()}
 
 
 def all_specs() -> dict[str, WeightSpec]:
@@ -170,14 +182,14 @@ def model_dir(spec: WeightSpec) -> Path:
     return cache_dir() / spec.name
 
 
-# What a downloaded file must be when no sha256 is published (vqclip.filetypes.content_problem).
+# What a downloaded file must be when no sha256 is published (vqclip.weights.filetypes.content_problem).
 CHECKPOINT_CONTENT = {"vqgan": "checkpoint", "transformer": "checkpoint", "upscaler": "weights", "clip": "weights"}
 
 
 def targets(spec: WeightSpec) -> list[FileTarget]:
     """The files to download for an entry (checkpoint, then config), with their cache paths.
 
-    CLIP entries fetched through open_clip's Hub names have none here (vqclip.clip_loading.hub_targets).
+    CLIP entries fetched through open_clip's Hub names have none here (vqclip.weights.clip.hub_targets).
     """
     files = [(spec.checkpoint, CHECKPOINT_CONTENT[spec.kind])] if spec.checkpoint and not spec.path else []
     if spec.config is not None:
@@ -210,20 +222,44 @@ class LocalModel:
         return (read_stamp(self.checkpoint) or {}).get("sha256") or sha256_file(self.checkpoint)
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """A --vqgan, --transformer or upscaler value resolved once: a registry entry, or a local file."""
+
+    name: str  # as the user gave it (recorded in the PNG)
+    kind: str  # what it is used as: "vqgan", "transformer" or "upscaler"
+    spec: WeightSpec | None = None  # the registry entry (None for a local file)
+    path: Path | None = None  # the local file (None for a registry entry)
+
+
+def resolve_model(name: str, kinds: tuple[str, ...], what: str) -> ModelSource:
+    """A model argument as a ModelSource: a file that exists, or a registry entry of one of `kinds`."""
+    if looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UsageError(f"{what} {name} does not exist.")
+        return ModelSource(name, kinds[0], path=path)
+    spec = get_spec(name)
+    if spec.kind not in kinds:
+        raise UsageError(f"{name} is a {spec.kind} model, not a {' or '.join(kinds)} (see `vqclip models list`).")
+    return ModelSource(name, kinds[0], spec=spec)
+
+
 def fetch_model(
-    name: str,
+    name: "str | WeightSpec",
     kind: str | None = None,
     offline: bool | None = None,
     progress: ProgressFn = ignore,
 ) -> LocalModel:
-    """Resolve a registry name to local files, downloading and verifying them on first use (progress as
-    Progress events; nothing here prints)."""
-    spec = get_spec(name)
+    """Resolve a registry name (or an entry already looked up) to local files, downloading and verifying
+    them on first use (progress as Progress events; nothing here prints)."""
+    spec = name if isinstance(name, WeightSpec) else get_spec(name)
+    name = spec.name
     accepted = {"vqgan": ("vqgan", "transformer")}.get(kind, (kind,)) if kind else KINDS
     if spec.kind not in accepted:
         raise UsageError(f"{name} is a {spec.kind} model, not a {kind} model.")
     if spec.kind == "clip" and spec.checkpoint is None:
-        raise UsageError(f"{name} is fetched through open_clip; load it with vqclip.clip_loading.load_clip.")
+        raise UsageError(f"{name} is fetched through open_clip; load it with vqclip.weights.clip.load_clip.")
     paths = {t.path.name: fetch(t, offline=offline, progress=progress) for t in targets(spec)}
     checkpoint = Path(spec.path) if spec.path else paths[spec.checkpoint.filename]
     if spec.local_config:
@@ -236,7 +272,7 @@ def fetch_model(
 
 
 def status(spec: WeightSpec) -> tuple[bool, bool]:
-    """(cached, verified) for an entry with its own files (CLIP Hub entries: vqclip.clip_loading.clip_status)."""
+    """(cached, verified) for an entry with its own files (CLIP Hub entries: vqclip.weights.clip.clip_status)."""
     if spec.path:
         return Path(spec.path).is_file(), Path(spec.path).is_file()
     files = targets(spec)

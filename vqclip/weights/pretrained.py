@@ -3,7 +3,7 @@
 Sources and link status: ../shared/reference/checkpoints.md (sections 1, 3, 5, 6). URLs are tried in
 order; sizes and sha256 are checked where known, and where they are not the first complete download's
 sha256 is recorded beside the file and checked from then on. Users add entries in a TOML file
-(see `vqclip.registry`).
+(see `vqclip.weights.registry`).
 """
 
 from dataclasses import dataclass, field
@@ -280,7 +280,7 @@ _CLIPS = [
 
 # The shapes world's small models ship inside the package (vqclip/shapes/weights, checked by its SHA256SUMS):
 # local paths, never downloaded, so `--vqgan shapes_f8 --clip shapes-a` works with no network at all.
-_SHAPES_WEIGHTS = Path(__file__).parent / "shapes" / "weights"
+_SHAPES_WEIGHTS = Path(__file__).parents[1] / "shapes" / "weights"
 _SHAPES = [
     WeightSpec(
         name="shapes_f8",

@@ -1,8 +1,8 @@
 """Verified, resumable, atomic, locked downloads into the cache.
 
 A file is streamed to `<file>.part` while its sha256 is computed, checked against the expected size and
-sha256 (or, where none is published, for being what it claims: `vqclip.filetypes`), and only then renamed
-into place and stamped (`vqclip.cache`).
+sha256 (or, where none is published, for being what it claims: `vqclip.weights.filetypes`), and only then renamed
+into place and stamped (`vqclip.weights.cache`).
 
 Real hosts misbehave, and each way is handled here:
 - `<file>.part.json` records which URL, and which version of it (ETag or Last-Modified), the partial bytes
@@ -13,7 +13,7 @@ Real hosts misbehave, and each way is handled here:
 - A Content-Length larger than the body keeps every byte received and resumes from there.
 - A file found at the final path (copied there by hand, or in a read-only shared cache) is checked once and
   used, online or offline.
-- `<file>.lock` makes a second process wait for the first one's transfer (`vqclip.cache.download_lock`).
+- `<file>.lock` makes a second process wait for the first one's transfer (`vqclip.weights.cache.download_lock`).
 
 Nothing here prints: progress goes to a `progress` callable as
 `vqclip.events.Progress(job="download", unit="byte", stage=<file label>, done, total)`, and a note for the
@@ -29,7 +29,9 @@ from pathlib import Path
 
 import requests
 
-from vqclip.cache import (
+from vqclip.errors import ChecksumError, DownloadError, OfflineError
+from vqclip.events import Progress, ProgressFn, ignore
+from vqclip.weights.cache import (
     FileTarget,
     cache_errors,
     check_file,
@@ -40,9 +42,7 @@ from vqclip.cache import (
     write_json,
     write_stamp,
 )
-from vqclip.errors import ChecksumError, DownloadError, OfflineError
-from vqclip.events import Progress, ProgressFn, ignore
-from vqclip.filetypes import WEB_PAGE_TYPES, content_problem, looks_like_web_page
+from vqclip.weights.filetypes import WEB_PAGE_TYPES, content_problem, looks_like_web_page
 
 __all__ = ["FileTarget", "fetch", "offline_mode", "offline_reason"]
 

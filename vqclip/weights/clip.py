@@ -10,7 +10,7 @@ Accepted model names:
 The caches are looked at first, so a missing model is one message at once when offline. vqclip downloads
 Hub files with its own downloader (verified, resumable, locked, with progress events), so the Hugging Face
 client's retries and log lines never reach the user, and no environment variable is touched. Every weights
-file is read with vqclip's safe reader (`vqclip.checkpoint.read_checkpoint`).
+file is read with vqclip's safe reader (`vqclip.weights.checkpoint.read_checkpoint`).
 """
 
 import json
@@ -66,7 +66,7 @@ def _local_source(name: str, config: str, weights: str) -> ClipSource:
 
 def parse_clip_name(name: str) -> ClipSource:
     """Resolve a --clip value without loading anything (so bad names fail before heavy work; no torch)."""
-    from vqclip.pretrained import clip_arch
+    from vqclip.weights.pretrained import clip_arch
 
     left, sep, right = name.rpartition(":")
     if (
@@ -75,7 +75,7 @@ def parse_clip_name(name: str) -> ClipSource:
         and (Path(right).expanduser().is_file() or right.endswith((".pt", ".pth", ".bin", ".safetensors")))
     ):
         return _local_source(name, left, right)
-    from vqclip.registry import all_specs
+    from vqclip.weights.registry import all_specs
 
     spec = all_specs().get(name)
     if spec is not None and spec.kind == "clip":
@@ -112,11 +112,11 @@ def _hub_files(source: ClipSource) -> tuple[str, tuple[str, ...]]:
 
 
 def hub_targets(source: ClipSource) -> list:
-    """The files a tag's weights may be downloaded as (vqclip.cache.FileTarget), in the order to try them:
+    """The files a tag's weights may be downloaded as (vqclip.weights.cache.FileTarget), in the order to try them:
     open_clip's Hub repo (safetensors, else the pickle), or the tag's own URL."""
     import huggingface_hub.constants as hf
 
-    from vqclip.cache import FileTarget, cache_dir
+    from vqclip.weights.cache import FileTarget, cache_dir
 
     cfg = _pretrained_cfg(source)
     repo, names = _hub_files(source)
@@ -156,8 +156,8 @@ def hf_cached_weights(source: ClipSource) -> Path | None:
 
 def fetch_clip_weights(source: ClipSource, offline: bool | None = None, progress: ProgressFn = ignore) -> Path:
     """The weights file of a --clip name: local, in a cache, or downloaded into vqclip's cache now."""
-    from vqclip.cache import cache_dir
-    from vqclip.download import fetch, offline_reason, online_again
+    from vqclip.weights.cache import cache_dir
+    from vqclip.weights.download import fetch, offline_reason, online_again
 
     if source.weights:
         return Path(source.weights)
@@ -197,7 +197,7 @@ def clip_files(spec) -> list:
 
 def clip_status(spec) -> tuple[bool, bool]:
     """(cached, verified) of a CLIP registry entry, without the network."""
-    from vqclip.cache import is_verified
+    from vqclip.weights.cache import is_verified
 
     if hf_cached_weights(_source(spec)) is not None:
         return True, True
@@ -222,7 +222,7 @@ def download_clip(name: str, progress: ProgressFn = ignore) -> Path:
 
 def _weights_sha256(path: Path) -> str:
     """The Hugging Face cache names its blobs by sha256; vqclip's cache records it; others are hashed."""
-    from vqclip.cache import read_stamp, sha256_file
+    from vqclip.weights.cache import read_stamp, sha256_file
 
     blob = path.resolve().name
     if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
@@ -233,7 +233,7 @@ def _weights_sha256(path: Path) -> str:
 def _state_dict(path: Path) -> dict:
     """The tensors of a CLIP weights file, read safely; a training run's `state_dict` and DDP's `module.`
     prefix are unwrapped, as open_clip does."""
-    from vqclip.checkpoint import read_checkpoint, state_dict_of
+    from vqclip.weights.checkpoint import read_checkpoint, state_dict_of
 
     sd = state_dict_of(read_checkpoint(path))
     if sd and all(k.startswith("module.") for k in sd):
@@ -274,8 +274,8 @@ def load_clip(name: "str | ClipSource", device="cpu", offline: bool | None = Non
     `name` is a --clip value, or the ClipSource that validation already resolved from one."""
     import open_clip
 
-    from vqclip.checkpoint import load_strict
     from vqclip.models.clip import wrap_clip
+    from vqclip.weights.checkpoint import load_strict
 
     source = name if isinstance(name, ClipSource) else parse_clip_name(name)
     name = source.name

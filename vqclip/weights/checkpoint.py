@@ -4,7 +4,7 @@ Every weights file vqclip reads goes through `read_checkpoint`, whatever option 
 --transformer, --clip CONFIG.json:WEIGHTS, the Hub's CLIP files, upscale --model), so each gets the same
 checks and the same messages. safetensors files hold tensors only. Torch files are pickles: before
 torch's restricted unpickler (`weights_only=True`) reads one, the globals its pickle names are listed
-(`vqclip.filetypes`, without unpickling) and sorted:
+(`vqclip.weights.filetypes`, without unpickling) and sorted:
 
 - torch's own (tensors, storages, dtypes, OrderedDict): left to torch's allowlist;
 - plain data that real checkpoints hold (Lightning metadata with numpy scalars and dtypes, omegaconf
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from vqclip.errors import CheckpointError, ModelLoadError
-from vqclip.filetypes import pickle_globals, weights_format
+from vqclip.weights.filetypes import pickle_globals, weights_format
 
 # Modules whose classes a training checkpoint may mention (callbacks, hyper-parameter containers) and
 # which are safe to replace by empty classes: we never need their contents.
@@ -105,7 +105,7 @@ def _short(err: Exception) -> str:
 
 def damaged_hint(path: Path) -> str:
     """What to do about a damaged weights file: re-fetch it if vqclip downloaded it, else replace it."""
-    from vqclip.cache import in_cache
+    from vqclip.weights.cache import in_cache
 
     if in_cache(path):
         return "Run `vqclip models verify` (or delete the file) to fetch a fresh copy."

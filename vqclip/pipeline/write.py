@@ -1,4 +1,4 @@
-"""Step 6 of a generation: run a prepared job and write what it makes. This is the one place that decides
+"""Step 5 of a generation: run a prepared job and write what it makes. This is the one place that decides
 what is kept when something goes wrong, so that nothing finished is ever lost:
 
 - a signal (Ctrl-C, SIGTERM, SIGHUP; the CLI turns the last two into `Interrupted`) writes the latest
@@ -18,13 +18,12 @@ from pathlib import Path
 
 from vqclip.config import GenerationConfig
 from vqclip.errors import FramePipeClosed, Interrupted, OutputError, VqclipError
-from vqclip.events import ProgressFn, ignore
-from vqclip.guidance import Step
-from vqclip.job import Job
-from vqclip.loading import Models
+from vqclip.events import ProgressFn, Step, ignore
 from vqclip.metadata import parameters, read_record, record
+from vqclip.models import Models
 from vqclip.output import FrameSink, OutputOptions, png_info, save_png
-from vqclip.pipeline import Result, run, upscale_result
+from vqclip.pipeline.prepare import Job
+from vqclip.pipeline.run import Result, make_result, run, upscale
 
 
 class PipeClosed(Exception):
@@ -35,7 +34,7 @@ def fallback_dir() -> Path:
     return Path(tempfile.gettempdir()) / "vqclip-rescued"
 
 
-def write(result: Result, path: Path, overwrite: bool) -> Path:
+def save(result: Result, path: Path, overwrite: bool) -> Path:
     """Save a result's PNG with its metadata; on a failed write keep it in the fallback folder."""
     info = png_info(parameters(result), record(result))
     try:
@@ -64,7 +63,7 @@ def same_image(path: Path, cfg: GenerationConfig) -> bool:
 def write_partial(result: Result, path: Path) -> Path:
     """The latest image of an interrupted run: it replaces an earlier attempt at the same image, and
     nothing else."""
-    return write(result, path, overwrite=same_image(path, result.config))
+    return save(result, path, overwrite=same_image(path, result.config))
 
 
 class _Watcher:
@@ -105,21 +104,7 @@ class _Watcher:
         step = self.latest
         if step is None:
             return None
-        cfg = self.job.cfg
-        return Result(
-            step.image(),
-            cfg,
-            step.loss,
-            0.0,
-            step.i,
-            models.names(),
-            str(models.device),
-            models.precision,
-            self.job.plan,
-            step.z,
-            complete=False,
-            inputs=self.job.inputs,
-        )
+        return make_result(self.job, models, step.z, step.loss, step.i)
 
     def finish(self) -> Path | None:
         """Close the frames; returns where the video went, if any."""
@@ -134,13 +119,13 @@ class _Watcher:
             sink.close(abort=True)
 
 
-def render(job: Job, models: Models, out: OutputOptions, progress: ProgressFn = ignore) -> Result:
+def write(job: Job, models: Models, out: OutputOptions, progress: ProgressFn = ignore) -> Result:
     """Run the job and write its PNG (and frames); returns the result, with `path` where it was written.
     See the module docstring for what is kept when the run is interrupted or a write fails."""
     watcher = _Watcher(job, out)
     try:
         try:
-            result = run(job, models, progress=progress, on_step=watcher, upscale=False)
+            result = run(job, models, progress=progress, on_step=watcher)
         except (KeyboardInterrupt, Interrupted, PipeClosed) as err:
             partial = watcher.partial(models)
             saved = write_partial(partial, out.partial_path) if partial is not None else None
@@ -152,13 +137,13 @@ def render(job: Job, models: Models, out: OutputOptions, progress: ProgressFn = 
             raise Interrupted(signal_name, code, saved, partial and partial.steps_done) from None
         if job.cfg.upscale > 1:
             try:
-                upscale_result(result, models, progress=progress)
+                result = upscale(result, models, progress=progress)
             except (VqclipError, RuntimeError, MemoryError) as err:
-                saved = write(result, out.path, out.overwrite)
+                saved = save(result, out.path, out.overwrite)
                 error = VqclipError(f"Upscaling failed ({err}); the image as generated is in {saved}.")
                 error.saved = saved
                 raise error from err
-        result.path = saved = write(result, out.path, out.overwrite)
+        result.path = saved = save(result, out.path, out.overwrite)
         if result.complete and same_image(out.partial_path, job.cfg):  # it replaces its interrupted attempt
             out.partial_path.unlink()
         try:

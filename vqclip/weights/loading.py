@@ -1,21 +1,20 @@
-"""Step 3 of a generation: load the models a config names. Joins configs, weights and devices: taming
-yaml -> model config, checkpoint -> strictly loaded model; `load_models` gathers a run's VQGAN (or GPT and
-its first stage), CLIPs and upscaler, once, and readies them for speed.
+"""Loading every model: joins configs, weights and devices. Taming
+yaml -> model config, checkpoint -> strictly loaded model; the pipeline's load step
+(vqclip.pipeline.load) gathers a run's VQGAN (or GPT and its first stage), CLIPs and upscaler with them.
 
 The yaml files are read as plain data (`yaml.safe_load`); their `target:` class paths only tell which
 kind of model the file describes, nothing is instantiated from them.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from vqclip.checkpoint import load_strict, read_checkpoint, state_dict_of
 from vqclip.errors import UsageError, WeightsError
 from vqclip.events import ProgressFn, ignore
 from vqclip.models.vqgan import VQGAN, VQGANConfig
+from vqclip.weights.checkpoint import load_strict, read_checkpoint, state_dict_of
 
 TRANSFORMER_PREFIX = "first_stage_model."  # where a Net2NetTransformer checkpoint keeps its VQGAN
 
@@ -96,10 +95,15 @@ def load_vqgan(
         offline: never download (default: VQCLIP_OFFLINE / HF_HUB_OFFLINE).
         progress: receives the download's Progress events.
     """
-    ckpt_path, config = _resolve(checkpoint, config, offline, progress)
+    return load_vqgan_file(checkpoint, config, device, offline, progress)[0]
+
+
+def load_vqgan_file(checkpoint, config, device, offline, progress) -> tuple[VQGAN, str]:
+    """(VQGAN, its checkpoint's sha256)."""
+    ckpt_path, config, sha256 = _resolve(checkpoint, config, offline, progress)
     data = config if isinstance(config, dict) else read_yaml(config)
     model = _build_vqgan(data, vqgan_state_dict(state_dict_of(read_checkpoint(ckpt_path))), str(ckpt_path))
-    return model.to(device) if device is not None else model
+    return (model.to(device) if device is not None else model), sha256
 
 
 def _build(cls, config, sd: dict, source: str):
@@ -116,15 +120,18 @@ def _build_vqgan(data: dict, sd: dict, source: str) -> VQGAN:
 
 
 def _resolve(checkpoint, config, offline, progress):
-    """(checkpoint path, config) for a registry name or a local path."""
-    from vqclip.registry import fetch_model, looks_like_path
+    """(checkpoint path, config, sha256) for a registry name, a local path or a resolved ModelSource."""
+    from vqclip.weights.cache import sha256_file
+    from vqclip.weights.registry import ModelSource, fetch_model, resolve_model
 
-    path = Path(checkpoint).expanduser()
-    if not looks_like_path(str(checkpoint)):
-        local = fetch_model(str(checkpoint), kind="vqgan", offline=offline, progress=progress)
-        path, config = local.checkpoint, config if config is not None else local.config
-    elif not path.is_file():
-        raise UsageError(f"VQGAN checkpoint {checkpoint} does not exist.")
+    source = checkpoint
+    if not isinstance(source, ModelSource):
+        source = resolve_model(str(checkpoint), ("vqgan", "transformer"), "VQGAN checkpoint")
+    if source.spec is not None:
+        local = fetch_model(source.spec, kind="vqgan", offline=offline, progress=progress)
+        path, config, sha256 = local.checkpoint, config if config is not None else local.config, None
+    else:
+        path, sha256 = source.path, None
     if config is None:  # a local file, or a user entry with only a `path`: the yaml beside it
         config = find_config(path)
         if config is None:
@@ -133,7 +140,11 @@ def _resolve(checkpoint, config, offline, progress):
                 "../configs/*.yaml.",
                 "Pass the model's yaml with --vqgan-config (Python: config=...), or give a user entry `config`.",
             )
-    return path, config
+    if source.spec is not None:
+        sha256 = local.sha256
+    else:
+        sha256 = sha256_file(path)
+    return path, config, sha256
 
 
 def transformer_parts(data: dict):
@@ -162,9 +173,14 @@ def transformer_parts(data: dict):
 
 def load_transformer(checkpoint: str | Path, config=None, device=None, *, offline=None, progress: ProgressFn = ignore):
     """(GPT, VQGAN, Conditioning) from a taming Net2NetTransformer checkpoint, loaded strictly."""
+    return load_transformer_file(checkpoint, config, device, offline, progress)[:3]
+
+
+def load_transformer_file(checkpoint, config, device, offline, progress):
+    """(GPT, VQGAN, Conditioning, the checkpoint's sha256)."""
     from vqclip.models.gpt import GPT
 
-    ckpt_path, config = _resolve(checkpoint, config, offline, progress)
+    ckpt_path, config, sha256 = _resolve(checkpoint, config, offline, progress)
     data = config if isinstance(config, dict) else read_yaml(config)
     gpt_cfg, conditioning = transformer_parts(data)
     sd = state_dict_of(read_checkpoint(ckpt_path))
@@ -178,120 +194,48 @@ def load_transformer(checkpoint: str | Path, config=None, device=None, *, offlin
     vqgan = _build_vqgan(data, vqgan_state_dict(sd), str(ckpt_path))
     if device is not None:
         gpt, vqgan = gpt.to(device), vqgan.to(device)
-    return gpt, vqgan, conditioning
+    return gpt, vqgan, conditioning, sha256
 
 
-def resolve_upscaler(name: str, offline=None, progress: ProgressFn = ignore) -> tuple[Path, str]:
-    """An upscaler's weights and their sha256: a registry name (downloaded and verified on first use) or a
-    local file."""
-    from vqclip.cache import sha256_file
-    from vqclip.registry import fetch_model, looks_like_path
+def resolve_upscaler(name, offline=None, progress: ProgressFn = ignore) -> tuple[Path, str]:
+    """An upscaler's weights and their sha256: a registry name (downloaded and verified on first use), a
+    local file, or the ModelSource validation resolved."""
+    from vqclip.weights.cache import sha256_file
+    from vqclip.weights.registry import ModelSource, fetch_model, resolve_model
 
-    if looks_like_path(name):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise UsageError(f"Upscaler weights {name} do not exist.")
-        return path, sha256_file(path)
-    local = fetch_model(name, kind="upscaler", offline=offline, progress=progress)
+    source = name if isinstance(name, ModelSource) else resolve_model(str(name), ("upscaler",), "Upscaler weights")
+    if source.path is not None:
+        return source.path, sha256_file(source.path)
+    local = fetch_model(source.spec, kind="upscaler", offline=offline, progress=progress)
     return local.checkpoint, local.sha256
 
 
-@dataclass
-class Models:
-    """Everything a run loads once and reuses across prompts."""
-
-    vqgan: torch.nn.Module
-    vqgan_record: dict  # {"name", "sha256"}: the VQGAN that ran (a transformer's first stage is named as such)
-    clips: list  # list[vqclip.models.clip.ClipModel]
-    device: torch.device
-    dtype: torch.dtype | None  # autocast dtype, None for fp32
-    gpt: torch.nn.Module | None = None  # the taming GPT of --transformer
-    conditioning: object = None  # how that GPT is conditioned (vqclip.models.gpt.Conditioning)
-    upscaler: object = None  # Real-ESRGAN (spandrel), loaded when the config asks for --upscale
-    upscaler_record: dict | None = None  # its name and sha256
-
-    @property
-    def precision(self) -> str:
-        """The precision that runs: fp32, bf16 or fp16."""
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    def names(self) -> dict:
-        """Names and sha256 of the models, for the metadata."""
-        record = {"vqgan": self.vqgan_record, "clip": [{"name": c.name, "sha256": c.sha256} for c in self.clips]}
-        if self.upscaler_record is not None:
-            record["upscaler"] = self.upscaler_record
-        return record
-
-
-def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore, checked=None) -> Models:
-    """Load (downloading on first use) the models a GenerationConfig names, frozen, on its device.
-
-    `checked` is what vqclip.validate.validate(cfg) returned (the config is validated here when it is not
-    given). The device is resolved first, so an unavailable one fails before any weights are read.
-    """
-    from vqclip.clip_loading import load_clip
-    from vqclip.device import resolve_device, resolve_precision
-    from vqclip.validate import validate
-
-    checked = checked or validate(cfg)
-
-    device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
-    gpt = conditioning = None
-    if cfg.transformer:  # the GPT's codes belong to its own first stage: that is the VQGAN
-        gpt, vqgan, conditioning = load_transformer(cfg.transformer, device=device, offline=offline, progress=progress)
-        vqgan_name = f"{cfg.transformer} (first stage)"
-        sha = _sha256(cfg.transformer, "transformer")
-    else:
-        vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, progress=progress)
-        vqgan_name, sha = cfg.vqgan, _sha256(cfg.vqgan, "vqgan")
-    clips = [load_clip(source, device=device, offline=offline, progress=progress) for source in checked.clips]
-    models = Models(vqgan, {"name": vqgan_name, "sha256": sha}, clips, device, dtype, gpt, conditioning)
-    if cfg.upscale > 1:
-        load_upscaler_into(models, offline=offline, progress=progress)
-    prepare_for_speed(models, cfg)
-    return models
-
-
-def load_upscaler_into(models: Models, name: str | None = None, offline=None, progress: ProgressFn = ignore) -> None:
-    """Load the upscaler (the registry's Real-ESRGAN by default) into `models`, once."""
-    from vqclip.pretrained import DEFAULT_UPSCALER
+def fetch_upscaler(name=None, device="cpu", offline=None, progress: ProgressFn = ignore):
+    """(Real-ESRGAN model, its record {"model", "sha256"}): the registry's default unless `name` is given."""
     from vqclip.upscale import load_upscaler
+    from vqclip.weights.pretrained import DEFAULT_UPSCALER
 
-    if models.upscaler is not None:
-        return
     name = name or DEFAULT_UPSCALER
     path, sha256 = resolve_upscaler(name, offline=offline, progress=progress)
-    models.upscaler = load_upscaler(path, models.device)
-    models.upscaler_record = {"model": name, "sha256": sha256}
+    label = getattr(name, "name", name)
+    return load_upscaler(path, device), {"model": label, "sha256": sha256}
 
 
-def prepare_for_speed(models: Models, cfg) -> None:
+def ready_for_speed(vqgan, clips, device, dtype, compile: bool) -> None:
     """Channels-last decoder (not on MPS), CLIP image towers kept in the autocast dtype (the text towers stay
-    fp32: they run once per prompt), no encoder unless the run encodes images, torch.compile if asked; on
-    the CPU, freed memory kept for the next step (memory.keep_freed_memory)."""
-    if models.device.type == "cpu":
-        from vqclip.memory import keep_freed_memory
+    fp32: they run once per prompt), torch.compile if asked; on the CPU, freed memory kept for the next step
+    (memory.keep_freed_memory), and memory freed at load given back."""
+    from vqclip.memory import keep_freed_memory, release_freed_memory
 
+    if device.type == "cpu":
+        release_freed_memory()
         keep_freed_memory()
-    if models.device.type != "mps":
-        models.vqgan.use_channels_last()
-    if models.dtype is not None:
-        for clip in models.clips:
-            clip.cast_image_tower(models.dtype)
-    if not cfg.encodes_images:
-        models.vqgan.drop_encoder()
-    if cfg.compile:
-        models.vqgan.decoder.compile()
-        for clip in models.clips:
+    if device.type != "mps":
+        vqgan.use_channels_last()
+    if dtype is not None:
+        for clip in clips:
+            clip.cast_image_tower(dtype)
+    if compile:
+        vqgan.decoder.compile()
+        for clip in clips:
             clip.compile()
-
-
-def _sha256(name: str, kind: str) -> str | None:
-    """A checkpoint's sha256: a registry file's download stamp, or the hash of a local file."""
-    from vqclip.cache import sha256_file
-    from vqclip.registry import fetch_model, looks_like_path
-
-    if looks_like_path(name):
-        return sha256_file(Path(name).expanduser())
-    return fetch_model(name, kind=kind, offline=True).sha256  # already fetched: this only finds the files

@@ -1,5 +1,6 @@
-"""Large canvases (design section 5): optimise at a base size, upsample the token grid, resample it with
-the taming GPT in sliding 16x16 windows under an anchor prior towards the upsampled base, then refine.
+"""The large-canvas stage (`--transformer`): optimise at a base size, upsample the token grid, resample it
+with the taming GPT in sliding 16x16 windows under an anchor prior towards the upsampled base, then refine
+with CLIP at the full size.
 
 The GPT continues the VQGAN's token statistics at sizes CLIP optimisation alone handles poorly; the
 anchor keeps the composition CLIP found (anchor 0 is pure GPT sampling, a large anchor keeps the base).
@@ -11,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from vqclip.events import Progress, ProgressFn, ignore
-from vqclip.guidance import run_guided
-from vqclip.prompts import parse_story
+from vqclip.pipeline.guided import StageResult, StepFn, optimise
 from vqclip.sliding import sample_tokens
 
 
@@ -35,36 +35,26 @@ def anchor_bias(vqgan, z_up: torch.Tensor, strength: float):
     return bias
 
 
-@torch.no_grad()
-def choose_class(clip, prompt_text: str, n_classes: int) -> tuple[int, str]:
-    """CLIP zero-shot: the ImageNet class whose name is most similar to the prompt."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    names = list(IMAGENET_CLASSNAMES[:n_classes])
-    classes = F.normalize(clip.encode_text([f"a photo of a {n}." for n in names]), dim=-1)
-    prompt = F.normalize(clip.encode_text([prompt_text]), dim=-1)
-    k = int((classes @ prompt.t()).argmax())
-    return k, names[k]
-
-
-def run_canvas(job, models, progress: ProgressFn = ignore, on_step=None):
-    """The four stages of a prepared --transformer job; returns (latent, loss, steps done, canvas record)."""
+def run_canvas(
+    job, models, *, progress: ProgressFn = ignore, on_step: StepFn | None = None, stop_after: int | None = None
+) -> StageResult:
+    """The four parts of a prepared --transformer job. `stop_after` counts the CLIP-guided steps of the
+    whole run: within the base steps the run ends with the base latent (what an interrupted run showed),
+    after them the transformer pass runs and the refinement stops there."""
     cfg, base_cfg = job.cfg, job.base
     vqgan, f = models.vqgan, models.vqgan.factor
     width, height = cfg.size
     # 1. Optimise at the base size.
-    z_base, loss, _ = run_guided(models, base_cfg, job.base_plan, stage="base", progress=progress, on_step=on_step)
+    base = optimise(
+        job, models, base_cfg, job.base_plan, stage="base", progress=progress, on_step=on_step, stop_after=stop_after
+    )
+    if stop_after is not None and stop_after <= cfg.steps:
+        return base
     # 2. Upsample the token grid in embedding space and re-quantise.
-    z_up, idx_up = upsample_tokens(vqgan, z_base, height // f, width // f)
-    # 3. The sliding-window pass with the anchor prior.
+    z_up, idx_up = upsample_tokens(vqgan, base.z, height // f, width // f)
+    # 3. The sliding-window pass with the anchor prior, conditioned on the class prepare chose (or none).
     cond = models.conditioning
-    chosen = None
-    if cond.kind == "class":
-        text = " ".join(p.text for p in (parse_story(cfg.prompt) or [[]])[0]) or "a photo"
-        chosen = choose_class(models.clips[0], text, cond.n_classes)
-        token = chosen[0]
-    else:
-        token = cond.sos_token
+    token = job.canvas_class[0] if cond.kind == "class" else cond.sos_token
     calls = {"n": 0}
 
     def sliding_progress(event: Progress):
@@ -83,16 +73,28 @@ def run_canvas(job, models, progress: ProgressFn = ignore, on_step=None):
         progress=sliding_progress,
     )
     kept = float((idx == idx_up).float().mean())
-    z = vqgan.embed(idx).float()
+    z, loss, done = vqgan.embed(idx).float(), base.loss, base.steps_done
     # 4. Optionally refine with CLIP at the full size (the plan turns checkpointing on as needed).
     if cfg.refine_steps:
         refine_cfg = replace(cfg, transformer=None, steps=cfg.refine_steps)
-        z, loss, _ = run_guided(models, refine_cfg, job.plan, z, stage="refine", progress=progress, on_step=on_step)
+        refined = optimise(
+            job,
+            models,
+            refine_cfg,
+            job.plan,
+            z,
+            stage="refine",
+            first=cfg.steps,
+            progress=progress,
+            on_step=on_step,
+            stop_after=stop_after,
+        )
+        z, loss, done = refined.z, refined.loss, refined.steps_done
     record = {
         "base_size": list(base_cfg.size),
-        "class": chosen[0] if chosen else None,
-        "class_name": chosen[1] if chosen else None,
+        "class": job.canvas_class[0] if job.canvas_class else None,
+        "class_name": job.canvas_class[1] if job.canvas_class else None,
         "kept_fraction": round(kept, 4),
         "gpt_calls": calls["n"],
     }
-    return z, loss, cfg.steps + cfg.refine_steps, record
+    return StageResult(z, loss, done, record)

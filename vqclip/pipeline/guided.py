@@ -1,0 +1,135 @@
+"""The CLIP-guided stage: build the initial latent and the guides (each CLIP with its cutouts and targets),
+run the optimisation loop (vqclip.optimize) and report each step. A plain run is this stage alone; a large
+canvas runs it at the base size and again to refine (vqclip.pipeline.canvas)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from vqclip.animation import latent_transform
+from vqclip.device import autocast
+from vqclip.errors import stop_if_signalled
+from vqclip.events import Progress, ProgressFn, Step, ignore
+from vqclip.guidance import Guide, Target, embed_image_prompt
+from vqclip.images import fit, to_pil, to_tensor
+from vqclip.optimize import decode_image, optimize
+from vqclip.prompts import phase_at
+
+StepFn = Callable[[Step], None]
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage ends with: the latent, the last loss, the steps done (of the whole run) and, for a
+    canvas, what the transformer pass did."""
+
+    z: torch.Tensor
+    loss: float
+    steps_done: int
+    canvas: dict | None = None
+
+
+def decode(models, z: torch.Tensor):
+    """A latent as a PIL image, decoded in fp32 whatever the run's precision (the pixels that are kept)."""
+    return to_pil(decode_image(models.vqgan, z))
+
+
+def build_guides(models, texts, request, size: tuple[int, int], generator: torch.Generator) -> list[Guide]:
+    """Each CLIP with its cutouts and its prompt targets per story phase: the job's text embeddings, plus the
+    image and noise prompts in every phase (image prompts are embedded from cutouts at this `size`)."""
+    from vqclip.cutouts import Cutouts
+
+    cfg = request.cfg
+    out = []
+    for clip, per_clip in zip(models.clips, texts, strict=True):
+        cut = Cutouts(clip.input_size, cfg.cutn, cfg.cut_pow, cfg.augment, cfg.noise_fac, resample=cfg.resample)
+        extra = []
+        for p in request.image_prompts:
+            image = to_tensor(p.image).to(models.device)
+            with autocast(models.device, models.dtype):
+                extra.append(Target(embed_image_prompt(clip, cut, image, size, generator), p.weight, p.stop))
+        for p in request.noise_prompts:
+            gen = torch.Generator().manual_seed(p.seed)
+            extra.append(Target(torch.randn(clip.embed_dim, generator=gen).to(models.device), p.weight, p.stop))
+        phases = request.story or ((),)
+        per_phase = [
+            [Target(e, p.weight, p.stop) for e, p in zip(embeds, phase, strict=True)] + extra
+            for embeds, phase in zip(per_clip, phases, strict=True)
+        ]
+        out.append(Guide(clip, cut, per_phase))
+    return out
+
+
+def initial_latent(models, request, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """The starting latent: an encoded init image or noise image, or random codebook tokens."""
+    vqgan = models.vqgan
+    f = vqgan.factor
+    w, h = size
+    with torch.no_grad():
+        if request.init_image is not None:
+            pixels = to_tensor(fit(request.init_image.image, w, h)).to(models.device)
+        elif request.cfg.init == "noise":
+            pixels = torch.rand(1, 3, h, w, generator=generator).to(models.device)
+        else:
+            idx = torch.randint(vqgan.config.n_embed, (1, h // f, w // f), generator=generator)
+            return vqgan.embed(idx.to(models.device)).float()
+        return vqgan.encode_codes(pixels * 2 - 1)
+
+
+def optimise(
+    job,
+    models,
+    cfg,
+    plan,
+    z: torch.Tensor | None = None,
+    *,
+    stage: str = "",
+    first: int = 0,
+    progress: ProgressFn = ignore,
+    on_step: StepFn | None = None,
+    stop_after: int | None = None,
+) -> StageResult:
+    """Optimise a latent under CLIP guidance for `cfg.steps` steps at `cfg.size`, with `plan`'s memory
+    settings. Everything random is seeded from `cfg.seed` before anything random happens; `z` starts from a
+    given latent instead of the request's init (a canvas's refinement). Steps are counted from `first` (the
+    steps of earlier stages), and the loop ends after step `stop_after` of the whole run."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    z = z.clone().float() if z is not None else initial_latent(models, job.request, cfg.size, generator)
+    guides = build_guides(models, job.texts, job.request, cfg.size, generator)
+    n_phases = len(guides[0].phases)
+    loop = optimize(
+        models.vqgan,
+        guides,
+        z,
+        cfg.steps,
+        generator=generator,
+        lr=cfg.lr,
+        init_weight=cfg.init_weight,
+        phase_of=lambda i: phase_at(i, n_phases, cfg.steps, cfg.change_prompt_every),
+        dtype=models.dtype,
+        clip_chunk=plan.clip_chunk,
+        checkpointing=plan.checkpointing,
+        transform=latent_transform(models.vqgan, cfg.zoom, cfg.rotate, cfg.shift) if cfg.animated else None,
+        transform_every=cfg.frames_every,
+    )
+    loss, done = float("nan"), first
+    if stop_after is not None and stop_after <= first:
+        return StageResult(z.detach(), loss, done)
+    for state in loop:
+        stop_if_signalled()  # a signal whose exception was lost on its way up still ends the run here
+        loss, done = state.loss, first + state.i
+        if on_step is not None:  # first: a step that was reported is a step that is kept
+            image = lambda latent=state.z: decode(models, latent)  # noqa: E731
+            on_step(Step(done, job.total_steps, loss, list(state.losses), state.phase, stage, state.z, image))
+        progress(Progress("optimize", state.i, cfg.steps, stage=stage, loss=loss, phase=state.phase))
+        if done == stop_after:
+            break
+    return StageResult(z.detach(), loss, done)
+
+
+def run_guided(
+    job, models, *, progress: ProgressFn = ignore, on_step: StepFn | None = None, stop_after: int | None = None
+) -> StageResult:
+    """The plain run: one CLIP-guided optimisation of the job at its size."""
+    return optimise(job, models, job.cfg, job.plan, progress=progress, on_step=on_step, stop_after=stop_after)

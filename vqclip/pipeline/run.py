@@ -1,0 +1,131 @@
+"""Step 4 of a generation: run a prepared job (the guided stage, or the large canvas) and make its `Result`;
+upscale a result; and `generate()`, the Python API's whole pass (validate -> load -> prepare -> run)."""
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from vqclip.config import GenerationConfig
+from vqclip.errors import OutOfMemoryError
+from vqclip.events import ProgressFn, ignore
+from vqclip.models import Models
+from vqclip.pipeline.guided import StepFn, decode, run_guided
+from vqclip.pipeline.prepare import Job, prepare
+from vqclip.pipeline.validate import validate
+
+
+@dataclass
+class Result:
+    """A generated image and everything needed to describe or reproduce it (see vqclip.metadata)."""
+
+    image: object  # PIL.Image
+    config: GenerationConfig  # resolved: the seed and size filled in
+    loss: float
+    seconds: float
+    steps_done: int
+    model_names: dict  # names and sha256 of the models used (Models.names())
+    device: str  # the device and precision that ran
+    precision: str
+    plan: object = None  # the memory plan the run used (vqclip.memory.Plan)
+    latent: torch.Tensor | None = None  # the final latent z
+    complete: bool = True  # False for the latest image of an interrupted run
+    inputs: dict | None = None  # resolved paths and sha256 of the input images
+    canvas: dict | None = None  # what the transformer pass did (--transformer)
+    upscale: dict | None = None  # the upscaler, factor and tile size (--upscale)
+    path: object = None  # where the PNG was written (vqclip.pipeline.write), a Path
+    video: object = None  # where the --video was written (vqclip.pipeline.write), a Path
+
+
+def make_result(job: Job, models: Models, z, loss: float, steps_done: int, seconds: float = 0.0, canvas=None) -> Result:
+    """The one way a Result is made: a finished run's, or the latest image of an interrupted one."""
+    return Result(
+        decode(models, z),
+        job.cfg,
+        loss,
+        seconds,
+        steps_done,
+        models.names(),
+        str(models.device),
+        models.precision,
+        job.plan,
+        z,
+        complete=steps_done >= job.total_steps,
+        inputs=job.request.inputs,
+        canvas=canvas,
+    )
+
+
+def run(job: Job, models: Models, *, progress: ProgressFn = ignore, on_step: StepFn | None = None) -> Result:
+    """Run a prepared job: the plain CLIP-guided stage or the large-canvas stages (both stop after
+    `job.stop_after` steps when it is set). Upscaling is a step of its own (`upscale`)."""
+    stage = run_guided
+    if job.cfg.transformer:
+        from vqclip.pipeline.canvas import run_canvas
+
+        stage = run_canvas
+    start = time.perf_counter()
+    try:
+        out = stage(job, models, progress=progress, on_step=on_step, stop_after=job.stop_after)
+        return make_result(job, models, out.z, out.loss, out.steps_done, time.perf_counter() - start, out.canvas)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+        raise out_of_memory(job.cfg) from err
+
+
+def upscale(result: Result, models: Models, tile: int = 256, progress: ProgressFn = ignore) -> Result:
+    """The result upscaled by its config's factor with the models' Real-ESRGAN, recorded; the one upscaling
+    path (the API, the CLI's write step and `vqclip upscale` all come here)."""
+    image, record = upscale_image(
+        models.upscaler, models.upscaler_record, result.image, result.config.upscale, tile, progress
+    )
+    return replace(result, image=image, upscale=record)
+
+
+def upscale_image(upscaler, upscaler_record: dict, image, factor: int, tile: int = 256, progress: ProgressFn = ignore):
+    """(the image upscaled by `factor`, the record of the upscale: the upscaler's name and sha256, the factor
+    and the tile size)."""
+    from vqclip.upscale import upscale_image as esrgan
+
+    return esrgan(upscaler, image, factor, tile, progress=progress), {**upscaler_record, "factor": factor, "tile": tile}
+
+
+def out_of_memory(cfg: GenerationConfig) -> OutOfMemoryError:
+    w, h = cfg.size
+    return OutOfMemoryError(
+        f"Out of memory at {w}x{h} with {cfg.cutn} cutouts.",
+        "Try a smaller --size or --cutn, or --max-memory below what the device has so the plan checkpoints.",
+    )
+
+
+def generate(
+    prompt: str | GenerationConfig,
+    config: GenerationConfig | None = None,
+    *,
+    models: Models | None = None,
+    progress: ProgressFn = ignore,
+    callback: StepFn | None = None,
+    offline: bool | None = None,
+) -> Result:
+    """Generate one image from a text prompt with VQGAN+CLIP, upscaled when the config asks for it.
+
+    Args:
+        prompt: the prompt text (see vqclip.prompts), or a full GenerationConfig.
+        config: the other settings (default GenerationConfig()); its prompt is replaced by `prompt`.
+        models: models from `load_models` (loaded from the config when None; pass them to reuse them).
+        progress: receives a vqclip.events.Progress for every step, GPT call, tile or download.
+        callback: called after every optimisation step with a vqclip.events.Step (its `image()` decodes
+            the current latent).
+        offline: never download (default: VQCLIP_OFFLINE / HF_HUB_OFFLINE).
+
+    Returns a Result with the PIL image, the resolved config (seed and size filled in) and the loss.
+    """
+    from vqclip.pipeline.load import load_models
+
+    cfg = prompt if isinstance(prompt, GenerationConfig) else replace(config or GenerationConfig(prompt), prompt=prompt)
+    request = validate(cfg)
+    if models is None:  # loaded for this request only: no more than it needs
+        models = load_models(
+            request, offline, progress, encoder=request.encodes_images, text_towers=bool(cfg.transformer)
+        )
+    result = run(prepare(request, models), models, progress=progress, on_step=callback)
+    return upscale(result, models, progress=progress) if result.config.upscale > 1 else result
