@@ -194,7 +194,10 @@ CONFIG_FIELDS = (
 
 
 def build_config(prompt: str, params: dict) -> GenerationConfig:
+    from vqclip.clip_loading import canonical_clip_name
+
     values = {k: params[k] for k in CONFIG_FIELDS}
+    values["clip"] = tuple(canonical_clip_name(name) for name in values["clip"])  # recorded as open_clip names
     if values["top_k"] == 0:
         values["top_k"] = None
     return GenerationConfig(prompt=prompt, **values)
