@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqclip.colour_jitter import colour_jitter
+from vqclip.determinism import warps_on_cpu
 
 RESAMPLERS = ("area", "lanczos")
 
@@ -176,9 +177,9 @@ class Cutouts(nn.Module):
                 if isinstance(aug, K.ColorJitter):
                     # kornia's colour jitter, the same values and gradient in a quarter of its time (colour_jitter.py)
                     cuts = colour_jitter(cuts, params)
-                elif runs_on(aug, cuts.device):
+                elif runs_on(aug, cuts.device) and not (isinstance(aug, WARPS) and warps_on_cpu(cuts.device)):
                     cuts = aug(cuts, params=params)
-                else:  # an op this device lacks (forward or backward): this augmentation alone runs on the CPU
+                else:  # an op this device lacks, or --deterministic's warp: this augmentation alone runs on the CPU
                     cuts = aug(to_fallback(cuts), params={k: _fallback_param(v) for k, v in params.items()}).to(cuts)
         if draw.noise is not None:
             cuts = cuts + draw.noise.to(cuts.device)
@@ -192,6 +193,7 @@ class Cutouts(nn.Module):
 # other ops come and go. Each augmentation is tried once per device, forward and backward, on a small batch;
 # one that fails runs on the CPU, the others stay on the device, and the user is told which.
 
+WARPS = (K.RandomAffine, K.RandomPerspective)  # grid_sample, whose CUDA backward adds with atomics
 PROBED_DEVICES = ("mps",)  # devices whose augmentation ops are tried before use (CUDA and the CPU have them all)
 _RUNS_ON: dict = {}  # (augmentation class, its settings, device) -> whether it runs there
 

@@ -234,6 +234,10 @@ def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore,
     from vqclip.validate import validate
 
     checked = checked or validate(cfg)
+    if getattr(cfg, "deterministic", False):  # before any CUDA work (cuBLAS reads its workspace setting once)
+        from vqclip.determinism import make_deterministic
+
+        make_deterministic()
 
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
