@@ -26,7 +26,9 @@ Where this reproduction had to choose:
   The encoder stays resident, as it does in the reference.
 - The whole CLIP model stays resident (the reference never drops its text tower); the prompt is encoded
   once with it, as the reference does.
-- CPU only. (On CUDA `clip.load` would keep CLIP in fp16; that path is not reproduced.)
+- The CPU by default; `--device cuda` runs it as the reference does on a GPU: everything on the GPU and
+  CLIP's weights in fp16 (`clip.load` on CUDA applies `clip.model.convert_weights`), the step timed with
+  synchronisation and its peak taken from `torch.cuda.max_memory_allocated`.
 - torch is the one vqclip is measured with (2.14.1), not the 1.9 of the reference's README, so the two
   sides differ by their code alone. kornia is pinned at the version this script was checked with.
 
@@ -211,9 +213,13 @@ class Prompt(nn.Module):
 class ReferenceRun:
     """The reference's state after its set-up (models, prompt, z, optimiser), and its step."""
 
-    def __init__(self, size: int, cutn: int):
-        self.vqgan = VQGAN().eval().requires_grad_(False)
-        self.perceptor = CLIP(**VIT_B_32).eval().requires_grad_(False)
+    def __init__(self, size: int, cutn: int, device: str = "cpu"):
+        self.vqgan = VQGAN().eval().requires_grad_(False).to(device)
+        self.perceptor = CLIP(**VIT_B_32).eval().requires_grad_(False).to(device)
+        if device != "cpu":  # clip.load keeps the model in fp16 on a GPU
+            from clip.model import convert_weights
+
+            convert_weights(self.perceptor)
         self.make_cutouts = MakeCutouts(self.perceptor.visual.input_resolution, cutn)
         self.normalize = transforms.Normalize(mean=CLIP_MEAN, std=CLIP_STD)
 
@@ -224,11 +230,11 @@ class ReferenceRun:
         n_toks, e_dim = self.vqgan.quantize.n_e, self.vqgan.quantize.e_dim
         self.z_min = codebook.min(dim=0).values[None, :, None, None]
         self.z_max = codebook.max(dim=0).values[None, :, None, None]
-        one_hot = F.one_hot(torch.randint(n_toks, [toks * toks]), n_toks).float()
+        one_hot = F.one_hot(torch.randint(n_toks, [toks * toks]), n_toks).float().to(device)
         self.z = (one_hot @ codebook).view([-1, toks, toks, e_dim]).permute(0, 3, 1, 2)
         self.z.requires_grad_(True)
 
-        embed = self.perceptor.encode_text(clip.tokenize(PROMPT)).float()
+        embed = self.perceptor.encode_text(clip.tokenize(PROMPT).to(device)).float()
         self.prompts = [Prompt(embed)]
         self.opt = optim.Adam([self.z], lr=LR)
 
@@ -288,14 +294,19 @@ def machine() -> dict:
     }
 
 
-def measure(size: int, cutn: int, steps: int, threads: int | None) -> dict:
-    """Median step time (wall and process CPU) over `steps` steps after one warm-up, and the peak RSS."""
+def measure(size: int, cutn: int, steps: int, threads: int | None, device: str = "cpu") -> dict:
+    """Median step time (wall and process CPU) over `steps` steps after one warm-up, and the peak RSS (on
+    CUDA: the peak of torch's allocator, as `vqclip bench` reports it there)."""
+    cuda = device != "cpu"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     load_before = [round(v, 2) for v in os.getloadavg()]
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     with contextlib.redirect_stdout(sys.stderr):  # taming's Decoder prints z's shape; stdout is for JSON
-        run = ReferenceRun(size, cutn)
+        run = ReferenceRun(size, cutn, device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     peak_reset = reset_peak_rss()
     rss_at_reset = _proc_status("VmRSS")
     z_start = run.z.detach().clone()
@@ -303,17 +314,21 @@ def measure(size: int, cutn: int, steps: int, threads: int | None) -> dict:
     losses = [run.step()]  # warm-up
     wall, cpu = [], []
     for _ in range(steps):
+        sync()
         t, c = time.perf_counter(), time.process_time()
         losses.append(run.step())
+        sync()
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    peak = _proc_status("VmHWM")
+    peak = torch.cuda.max_memory_allocated() if cuda else _proc_status("VmHWM")
 
     return {
         "implementation": "reference (nerdyrodent/VQGAN-CLIP generate.py, rebuilt)",
         "size": size,
         "cutn": cutn,
         "steps": steps,
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
         "step_s": statistics.median(wall),
         "step_cpu_s": statistics.median(cpu),
         "peak_memory": peak,
@@ -334,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cutn", type=int, default=32, help="Cutouts per step (default 32, the reference's).")
     parser.add_argument("--steps", type=int, default=3, help="Timed steps after one warm-up; the median is reported.")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's).")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Where the step runs (cpu).")
     parser.add_argument("--in-process", action="store_true", help="Measure one size in this process (internal).")
     args = parser.parse_args(argv)
     sizes = args.size or [256]
@@ -341,13 +357,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.in_process:
         if len(sizes) != 1:
             parser.error("--in-process measures exactly one --size")
-        print(json.dumps(measure(sizes[0], args.cutn, args.steps, args.threads)), flush=True)
+        print(json.dumps(measure(sizes[0], args.cutn, args.steps, args.threads, args.device)), flush=True)
         return
 
     # Each size in a fresh process, so its peak memory is its own.
     for size in sizes:
         child = [sys.executable, str(Path(__file__).resolve()), "--in-process", "--size", str(size)]
-        child += ["--cutn", str(args.cutn), "--steps", str(args.steps)]
+        child += ["--cutn", str(args.cutn), "--steps", str(args.steps), "--device", args.device]
         if args.threads:
             child += ["--threads", str(args.threads)]
         done = subprocess.run(child, stdout=subprocess.PIPE, text=True)

@@ -8,8 +8,8 @@ costs exactly what the real weights cost (dense layers do not care about the val
 import contextlib
 import os
 import platform
-import resource
 import statistics
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,7 +105,7 @@ def load_average() -> float | None:
     """The 1-minute load average: figures taken above about the core count are not the machine's."""
     try:
         return round(os.getloadavg()[0], 2)
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: Windows has no load average
         return None
 
 
@@ -126,7 +126,14 @@ def peak_memory(device: torch.device) -> int:
     with contextlib.suppress(OSError, StopIteration):
         lines = Path("/proc/self/status").read_text().splitlines()
         return int(next(line for line in lines if line.startswith("VmHWM:")).split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        import resource  # Unix only
+    except ImportError:
+        from vqclip.memory import process_rss
+
+        return process_rss()  # Windows: what the process holds now, where no peak is kept
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 4096, repeats: int = 3) -> tuple[float, float]:

@@ -65,6 +65,7 @@ class GenerationConfig:
     precision: str = "auto"  # auto: bf16 autocast where the hardware runs it fast, else fp32
     max_memory: int | None = None  # bytes the memory plan may use (default: the free memory)
     compile: bool = False  # torch.compile the decoder and CLIP (pays on GPUs; ~4% on a 2-core CPU after ~1 min)
+    deterministic: bool = False  # deterministic kernels and warps: same pixels on the same GPU (determinism.py)
     transformer: str | None = None  # a taming GPT for large canvases: optimise at base_size, then slide it
     base_size: int = 256  # with --transformer: longer side of the base image CLIP optimises first
     anchor: float = 4.0  # with --transformer: pull of each token towards the upsampled base (0 = pure GPT)

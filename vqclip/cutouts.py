@@ -15,6 +15,7 @@ does not depend on how many cutouts CLIP sees at a time.
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import kornia.augmentation as K
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqclip.colour_jitter import colour_jitter
+from vqclip.determinism import warps_on_cpu
 
 RESAMPLERS = ("area", "lanczos")
 
@@ -172,8 +174,62 @@ class Cutouts(nn.Module):
         with torch.autocast(cuts.device.type, enabled=False):
             for aug, (per_cutout, shared) in zip(self.augs, draw.augment, strict=True):
                 params = {**per_cutout, **shared}
-                # kornia's colour jitter, the same values and gradient in a quarter of its time (colour_jitter.py)
-                cuts = colour_jitter(cuts, params) if isinstance(aug, K.ColorJitter) else aug(cuts, params=params)
+                if isinstance(aug, K.ColorJitter):
+                    # kornia's colour jitter, the same values and gradient in a quarter of its time (colour_jitter.py)
+                    cuts = colour_jitter(cuts, params)
+                elif runs_on(aug, cuts.device) and not (isinstance(aug, WARPS) and warps_on_cpu(cuts.device)):
+                    cuts = aug(cuts, params=params)
+                else:  # an op this device lacks, or --deterministic's warp: this augmentation alone runs on the CPU
+                    cuts = aug(to_fallback(cuts), params={k: _fallback_param(v) for k, v in params.items()}).to(cuts)
         if draw.noise is not None:
             cuts = cuts + draw.noise.to(cuts.device)
         return cuts
+
+
+# ---- augmentations on devices that lack an op they need ---------------------------------------------
+#
+# MPS has lacked, depending on the torch release, grid_sample with border padding (affine; pytorch#125098, fixed by
+# 2.13) and grid_sample's backward (affine, perspective; a Metal kernel since pytorch#179756, April 2026), and
+# other ops come and go. Each augmentation is tried once per device, forward and backward, on a small batch;
+# one that fails runs on the CPU, the others stay on the device, and the user is told which.
+
+WARPS = (K.RandomAffine, K.RandomPerspective)  # grid_sample, whose CUDA backward adds with atomics
+PROBED_DEVICES = ("mps",)  # devices whose augmentation ops are tried before use (CUDA and the CPU have them all)
+_RUNS_ON: dict = {}  # (augmentation class, its settings, device) -> whether it runs there
+
+
+def to_fallback(x: torch.Tensor) -> torch.Tensor:
+    """Where an augmentation runs when the device lacks one of its ops: the CPU."""
+    return x.cpu()
+
+
+def _fallback_param(value):
+    return to_fallback(value) if torch.is_tensor(value) else value
+
+
+def runs_on(aug: nn.Module, device: torch.device) -> bool:
+    """Whether `aug` runs forward and backward on `device` (tried once; a device not in PROBED_DEVICES is
+    trusted). The first failure is told as a warning naming the augmentation and the error."""
+    if device.type not in PROBED_DEVICES:
+        return True
+    key = (type(aug), repr(aug), str(device))
+    if key not in _RUNS_ON:
+        try:
+            with torch.random.fork_rng(devices=[]):  # the probe's own draw leaves the run's random state alone
+                torch.manual_seed(0)
+                aug.set_rng_device_and_dtype(torch.device("cpu"), torch.float32)
+                params = aug.forward_parameters((2, 3, 16, 16))
+                x = (torch.arange(2 * 3 * 16 * 16) % 17 / 16.0).reshape(2, 3, 16, 16)  # no draw on any device
+                aug(x.to(device).requires_grad_(), params=params).sum().backward()
+            _RUNS_ON[key] = True
+        except (NotImplementedError, RuntimeError, TypeError) as err:
+            _RUNS_ON[key] = False
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            warnings.warn(
+                f"{device.type.upper()} in torch {torch.__version__} lacks an op of the {type(aug).__name__} "
+                f"augmentation ({reason}); that augmentation runs on the CPU, the rest of each step on "
+                f"{device.type.upper()}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _RUNS_ON[key]

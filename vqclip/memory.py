@@ -16,6 +16,7 @@ import ctypes.util
 import functools
 import os
 import sys
+import weakref
 from dataclasses import asdict, dataclass
 
 import torch
@@ -44,6 +45,9 @@ GPU_RESIDENT = 300 * MIB  # kernels' workspaces; the CUDA context is outside wha
 MARGIN = 1.05  # a plan fits when the estimate plus 5% does: on the calibration runs it erred by -4.2% to +3.6%
 REF_DECODER_CH = 128  # the calibrated decoder's base width
 REF_CLIP_COST = 768 * 12 * 50  # width x layers x tokens of ViT-B/32
+# the elements of every leaf module's output in ViT-B/32's image tower for one 224 px cutout (activation_elements):
+# by the same count ViT-B/16 is 3.94x and ViT-L/14 13.5x, as width x layers x tokens has them; RN50 is 6.2x
+REF_CLIP_ACTIVATIONS = 6_143_232
 
 
 @dataclass(frozen=True)
@@ -58,26 +62,101 @@ class Plan:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes the job may use: free GPU memory, or MemAvailable on the CPU (plus what this process holds)."""
+    """Bytes the job may use: free GPU memory, or MemAvailable on the CPU (plus what this process holds).
+    On CUDA that is the device's free memory plus all that torch's caching allocator has reserved: the tensors
+    it holds (the weights, which the estimate counts) and the blocks it keeps free for reuse (after the first
+    image of a batch, a whole step's worth), which the driver counts as used."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_allocated(device)
+        return free + torch.cuda.memory_reserved(device)
     if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
         return torch.mps.recommended_max_memory()
+    return available_ram() + process_rss()
+
+
+def _psutil():
+    """psutil where it is installed (it is not a dependency of vqclip), else None."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil
+
+
+def _sysconf(name: str) -> int | None:
+    try:
+        value = os.sysconf(name)
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or not this name on this system
+        return None
+    return value if value > 0 else None
+
+
+def _windows_available() -> int | None:
+    """ullAvailPhys of GlobalMemoryStatusEx: the RAM Windows can give without paging out."""
+
+    class MemoryStatus(ctypes.Structure):
+        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong)] + [
+            (name, ctypes.c_ulonglong)
+            for name in ("total", "avail", "total_page", "avail_page", "total_virtual", "avail_virtual", "ext")
+        ]
+
+    status = MemoryStatus()
+    status.dwLength = ctypes.sizeof(MemoryStatus)
+    try:
+        ok = ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return None
+    return int(status.avail) if ok else None
+
+
+def available_ram() -> int:
+    """RAM available to a new allocation without swapping: Linux's MemAvailable, psutil's figure where it is
+    installed, Windows' GlobalMemoryStatusEx, sysconf's available pages; where only the total is known
+    (macOS without psutil), half of it, so a plan never counts on memory no one measured."""
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
-        available = int(info["MemAvailable"].split()[0]) * 1024
+        return int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
-        return 16 * 2**30
-    with open(f"/proc/{os.getpid()}/statm") as f:
-        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return available + rss
+        pass
+    psutil = _psutil()
+    if psutil is not None:
+        return int(psutil.virtual_memory().available)
+    if sys.platform == "win32":
+        available = _windows_available()
+        if available:
+            return available
+    page = _sysconf("SC_PAGE_SIZE") or _sysconf("SC_PAGESIZE") or 4096
+    pages = _sysconf("SC_AVPHYS_PAGES")
+    if pages:
+        return pages * page
+    total = _sysconf("SC_PHYS_PAGES")
+    if total:
+        return total * page // 2
+    raise OutOfMemoryError(
+        "This system reports neither its free nor its total memory, so no memory plan can be made.",
+        "Give the memory vqclip may use with --max-memory (e.g. 6G), or install psutil.",
+    )
+
+
+def process_rss() -> int:
+    """Bytes this process holds in RAM (its libraries and weights, which the estimate counts), or 0 where
+    the system does not say."""
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as f:
+            return int(f.read().split()[1]) * (_sysconf("SC_PAGE_SIZE") or 4096)
+    except (OSError, IndexError, ValueError):
+        pass
+    psutil = _psutil()
+    return int(psutil.Process().memory_info().rss) if psutil is not None else 0
 
 
 def _clip_cost(clip) -> float:
-    """A CLIP's activations per cutout relative to ViT-B/32's: width x layers x tokens."""
+    """A CLIP's activations per cutout relative to ViT-B/32's: width x layers x tokens for a vision
+    transformer; any other image tower (the ResNets) by its own activations, counted on the meta device."""
     v = clip.model.visual
+    if getattr(v, "transformer", None) is None:
+        return activation_elements(v, clip.input_size) / REF_CLIP_ACTIVATIONS
     width = getattr(v, "width", None) or getattr(getattr(v, "transformer", None), "width", 768)
     layers = getattr(getattr(v, "transformer", None), "layers", 12)
     patch = getattr(v, "patch_size", (32, 32))
@@ -87,13 +166,51 @@ def _clip_cost(clip) -> float:
 
 
 def weights_bytes(models, text_towers: bool = True) -> int:
-    """Bytes of the weights a step holds: the VQGAN as loaded (its encoder dropped when unused) and the
-    CLIPs, without their text towers when `text_towers` is False (dropped once the prompts are encoded)."""
+    """Bytes of the weights a step holds: the VQGAN as loaded (its encoder dropped when unused), the CLIPs,
+    without their text towers when `text_towers` is False (dropped once the prompts are encoded), and the
+    taming GPT of --transformer (loaded with the others and kept through every stage)."""
     mods = [models.vqgan] + [c.model for c in models.clips]
+    if getattr(models, "gpt", None) is not None:
+        mods.append(models.gpt)
     total = sum(t.numel() * t.element_size() for m in mods for t in [*m.parameters(), *m.buffers()])
     if not text_towers:
         total -= sum(c.text_tower_bytes() for c in models.clips)
     return total
+
+
+_ACTIVATIONS = weakref.WeakKeyDictionary()  # image tower -> {input size: elements}
+
+
+def activation_elements(tower: torch.nn.Module, size: int) -> int:
+    """The elements of every leaf module's output in a forward of one size x size image: what a forward
+    keeps for its backward, up to the allocator's rounding. Run on the meta device with meta stand-ins for
+    the weights (no memory, no arithmetic), once per tower and size."""
+    from torch.func import functional_call
+
+    known = _ACTIVATIONS.setdefault(tower, {})
+    if size not in known:
+        total = 0
+
+        def count(module, inputs, output):
+            nonlocal total
+            total += sum(
+                t.numel() for t in (output if isinstance(output, (tuple, list)) else (output,)) if torch.is_tensor(t)
+            )
+
+        leaves = [m for m in tower.modules() if not next(m.children(), None)]
+        hooks = [m.register_forward_hook(count) for m in leaves]
+        try:
+            meta = {
+                k: torch.empty_like(t, device="meta") for k, t in [*tower.named_parameters(), *tower.named_buffers()]
+            }
+            with torch.no_grad():
+                dtype = next((t.dtype for t in meta.values() if t.is_floating_point()), torch.float32)
+                functional_call(tower, meta, (torch.empty(1, 3, size, size, device="meta", dtype=dtype),))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        known[size] = total
+    return known[size]
 
 
 def estimate(
@@ -127,7 +244,12 @@ def make_plan(
 
     `text_towers=False` when the run drops the CLIP text towers once its prompts are encoded (a single image;
     a batch keeps them to encode the next prompts)."""
-    budget = free_memory(models.device)
+    try:
+        budget = free_memory(models.device)
+    except OutOfMemoryError:
+        if max_memory is None:
+            raise
+        budget = max_memory  # the system does not say how much it has: --max-memory alone decides
     if max_memory is not None:
         budget = min(budget, max_memory)
     for ckpt, chunk in _options(cutn, checkpointing):

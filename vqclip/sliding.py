@@ -65,6 +65,15 @@ def schedule(height: int, width: int, window: int = 16, order: str = "wavefront"
     return [groups[k] for k in sorted(groups)]
 
 
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of `probs` (N, vocab), drawn on the generator's device: the probabilities go to it,
+    the draw comes back to theirs. ATen draws only with a generator of the kernel's own device, and drawing
+    from vqclip's CPU generators keeps a seed's tokens the same on every device (up to the probabilities'
+    rounding)."""
+    home = generator.device if generator is not None else probs.device
+    return torch.multinomial(probs.to(home), 1, generator=generator)[:, 0].to(probs.device)
+
+
 @torch.no_grad()
 def sample_tokens(
     gpt,
@@ -91,38 +100,41 @@ def sample_tokens(
         order: "wavefront" (batched) or "raster" (the reference order, one token per call).
         temperature, top_k, top_p: sampling filters; greedy: take the argmax instead of sampling.
         bias: optional (batch, rows, cols) -> (N, vocab) logits added before filtering (e.g. an anchor prior).
-        generator: the random generator for sampling (seeded for reproducibility).
+        generator: the random generator for sampling (seeded for reproducibility). Tokens are drawn on its
+            device (vqclip's generators are CPU ones) from the probabilities copied there, so a seed draws the
+            same tokens on every device, and a CPU generator never meets a CUDA kernel (ATen refuses that).
         progress: receives a Progress(job="sliding", unit="call") after each GPT call; `extra` has the
             tokens resampled so far and in all.
     """
     b, height, width = idx.shape
     wh, ww = min(window, height), min(window, width)
     grid = idx.clone().reshape(b, height * width)
-    offsets = (torch.arange(wh)[:, None] * width + torch.arange(ww)[None, :]).reshape(-1).to(idx.device)
+    device = idx.device
+    # the positions and windows of each call are worked out on the CPU (no value is read back from the device)
+    offsets = (torch.arange(wh)[:, None] * width + torch.arange(ww)[None, :]).reshape(-1)
     groups = schedule(height, width, window, order)
     done = 0
     for call, group in enumerate(groups):
-        rows = torch.tensor([p[0] for p in group], device=idx.device)
-        cols = torch.tensor([p[1] for p in group], device=idx.device)
+        rows = torch.tensor([p[0] for p in group])
+        cols = torch.tensor([p[1] for p in group])
         r0, c0 = window_start(rows, height, wh), window_start(cols, width, ww)
         local = (rows - r0) * ww + (cols - c0)  # tokens of the window before the sampled one
         flat = (r0 * width + c0)[:, None] + offsets[None, :]  # (N, wh*ww) grid indices of each window
         n = len(group)
         # the reference feeds the whole window (cond + all but its last token); the wavefront only the prefix
         seq_len = wh * ww if order == "raster" else int(local.max()) + 1
-        windows = grid[:, flat[:, : seq_len - 1]].reshape(b * n, seq_len - 1)  # (B*N, L-1)
+        windows = grid[:, flat[:, : seq_len - 1].to(device)].reshape(b * n, seq_len - 1)  # (B*N, L-1)
         seq = torch.cat([cond.repeat_interleave(n, 0).reshape(b * n, 1), windows], 1)
-        lengths = (local + 1).repeat(b)  # the output at index `local` predicts the sampled token
+        lengths = (local + 1).repeat(b).to(device)  # the output at index `local` predicts the sampled token
         logits = gpt.last_logits(seq, lengths).float()  # (B*N, vocab)
         if bias is not None:
-            batch = torch.arange(b, device=idx.device).repeat_interleave(n)
-            logits = logits + bias(batch, rows.repeat(b), cols.repeat(b))
+            batch = torch.arange(b, device=device).repeat_interleave(n)
+            logits = logits + bias(batch, rows.repeat(b).to(device), cols.repeat(b).to(device))
         if greedy:
             new = logits.argmax(-1)
         else:
-            probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-            new = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        grid[:, rows * width + cols] = new.reshape(b, n)
+            new = sample(filter_logits(logits, temperature, top_k, top_p).softmax(-1), generator)
+        grid[:, (rows * width + cols).to(device)] = new.reshape(b, n).to(device)
         done += n
         progress(
             Progress(

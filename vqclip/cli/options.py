@@ -171,6 +171,11 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
             help="Memory the plan may use, e.g. 6G [default: the free memory].",
         ),
         click.option("--compile", is_flag=True, help="torch.compile the decoder and CLIP (slow start, faster steps)."),
+        click.option(
+            "--deterministic",
+            is_flag=True,
+            help="Deterministic GPU kernels and warps: the same pixels on every replay on the same GPU (slower).",
+        ),
         click.option("--offline", is_flag=True, help="Never use the network (also VQCLIP_OFFLINE=1)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress or messages on stderr."),
         click.option(
@@ -189,12 +194,15 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
 CONFIG_FIELDS = (
     "size steps seed cutn cut_pow lr init init_image init_weight image_prompts noise_prompts "
     "change_prompt_every vqgan vqgan_config clip augment noise_fac resample device precision max_memory frames_every "
-    "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps upscale compile"
+    "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps upscale compile deterministic"
 ).split()
 
 
 def build_config(prompt: str, params: dict) -> GenerationConfig:
+    from vqclip.weights.clip import canonical_clip_name
+
     values = {k: params[k] for k in CONFIG_FIELDS}
+    values["clip"] = tuple(canonical_clip_name(name) for name in values["clip"])  # recorded as open_clip names
     if values["top_k"] == 0:
         values["top_k"] = None
     return GenerationConfig(prompt=prompt, **values)

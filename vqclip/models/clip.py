@@ -187,6 +187,9 @@ def fast_vit_forward(visual, x: torch.Tensor) -> torch.Tensor:
 def wrap_clip(name: str, model, tokenizer, sha256: str | None) -> ClipModel:
     """A ClipModel around a frozen open_clip model: its input size and normalisation (OpenAI's by default);
     QuickGELU MLPs are folded into SiLU ones (`fold_quick_gelu`)."""
+    from vqclip.versions import require_open_clip
+
+    require_open_clip()  # the ViT forward uses open_clip 2.32's VisionTransformer._pool
     fold_quick_gelu(model)
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size

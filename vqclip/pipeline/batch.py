@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vqclip.errors import Interrupted, UsageError
+from vqclip.errors import Interrupted, OutOfMemoryError, UsageError, VqclipError
 from vqclip.events import Progress, ProgressFn, ignore
 
 
@@ -117,7 +117,8 @@ class BatchOptions:
 class BatchSummary:
     done: int = 0
     skipped: int = 0
-    failed: int = 0
+    failed: int = 0  # bad prompts and out-of-memory images
+    oom: int = 0  # of those, out of memory (planned or met)
     manifest: Path | None = None
 
 
@@ -129,13 +130,16 @@ def run_batch(
     *,
     progress: ProgressFn = ignore,
     on_saved: Callable[[Path], None] = lambda path: None,
-    on_error: Callable[[int, UsageError], None] = lambda line, err: None,
+    on_error: Callable[[int, VqclipError], None] = lambda line, err: None,
 ) -> BatchSummary:
     """Generate one image per prompt with the models loaded once (by `load(request)`, on the first image that
     runs). Each line is validated, prepared and written like a single image; its seed comes from the batch
-    seed (0 unless the template has one) and its line. Bad prompts are recorded in the manifest and
-    skipped; an interrupted image is recorded as such (its latest image in NAME.partial.png) and the
-    interruption goes on to the caller."""
+    seed (0 unless the template has one) and its line. Bad prompts are recorded in the manifest and skipped;
+    so is an image that does not fit in memory (`status: oom`, whether the plan refused it or the device ran
+    out), after which the memory it held is given back and the batch goes on; an interrupted image is
+    recorded as such (its latest image in NAME.partial.png) and the interruption goes on to the caller."""
+    import torch
+
     from vqclip.output import OutputOptions
     from vqclip.pipeline.prepare import prepare
     from vqclip.pipeline.validate import validate
@@ -146,7 +150,9 @@ def run_batch(
     summary = BatchSummary(manifest=manifest_path(options.outdir, k, n))
     base_seed = template.seed if template.seed is not None else 0
     models = None
+    device_oom = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
     for number, item in enumerate(items, start=1):
+        ran_out = False
         seed = derive_seed(base_seed, item.line)
         progress(Progress("batch", number - 1, len(items), unit="image", stage=item.prompt))
         entry = {"line": item.line, "prompt": item.prompt, "seed": seed}
@@ -166,6 +172,13 @@ def run_batch(
             summary.failed += 1
             entry.update(status="error", error=err.message)
             on_error(item.line, err)
+        except (OutOfMemoryError, *device_oom) as err:
+            oom = err if isinstance(err, OutOfMemoryError) else _device_oom(err, template)
+            summary.failed += 1
+            summary.oom += 1
+            ran_out = True
+            entry.update(status="oom", error=oom.message)
+            on_error(item.line, oom)
         except (Interrupted, KeyboardInterrupt) as err:
             saved = getattr(err, "saved", None)
             entry.update(status="interrupted", path=str(saved) if saved else None)
@@ -175,5 +188,28 @@ def run_batch(
             if "status" in entry:  # not for a skipped image
                 entry["seconds"] = round(time.perf_counter() - start, 3)
                 append_manifest(summary.manifest, entry)
+        if ran_out:  # here, where the failed image's tensors (held by the traceback) are gone
+            _release_memory(models)
     progress(Progress("batch", len(items), len(items), unit="image"))
     return summary
+
+
+def _device_oom(err: BaseException, cfg) -> OutOfMemoryError:
+    """The device's own out-of-memory error (one outside the run, e.g. loading or planning) as vqclip's."""
+    size = f"{cfg.size[0]}x{cfg.size[1]}" if cfg.size else "this size"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return OutOfMemoryError(f"Out of memory at {size} with {cfg.cutn} cutouts ({first[:200]}).")
+
+
+def _release_memory(models) -> None:
+    """Give back what a failed image left cached, so the next prompt plans with the memory really free."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    device = getattr(models, "device", None)
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device is not None and device.type == "mps":
+        torch.mps.empty_cache()

@@ -33,6 +33,10 @@ def load_models(
 
     request = cfg if isinstance(cfg, Request) else validate(cfg)
     cfg = request.cfg
+    if cfg.deterministic:  # before any CUDA work (cuBLAS reads its workspace setting once)
+        from vqclip.determinism import make_deterministic
+
+        make_deterministic()
     device = resolve_device(cfg.device)  # first, so an unavailable device fails before any weights are read
     dtype = resolve_precision(cfg.precision, device)
     gpt = conditioning = None

@@ -162,6 +162,9 @@ def _read_pickle(path: Path, fmt: str) -> dict:
     allowed, refused = _sort_globals(names)
     if refused:
         raise _refusal(path, refused)
+    from vqclip.versions import require_torch
+
+    require_torch()  # safe_globals below is torch 2.5's; an older torch is not a damaged file
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch-zip")

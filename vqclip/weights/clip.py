@@ -64,17 +64,64 @@ def _local_source(name: str, config: str, weights: str) -> ClipSource:
     return ClipSource(name, config, weights=str(weights_path))
 
 
+# openai/CLIP's model names (`clip.available_models()`, as nerdyrodent's --clip_model and the notebooks type
+# them) -> open_clip's architecture for the same weights, whose tag is "openai".
+OPENAI_CLIP_NAMES = {
+    "RN50": "RN50",
+    "RN101": "RN101",
+    "RN50x4": "RN50x4",
+    "RN50x16": "RN50x16",
+    "RN50x64": "RN50x64",
+    "ViT-B/32": "ViT-B-32",
+    "ViT-B/16": "ViT-B-16",
+    "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336",
+}
+
+
+def canonical_clip_name(name: str) -> str:
+    """The name vqclip records for a --clip value: openai/CLIP's names ("ViT-B/32", "RN50", "ViT-L/14@336px",
+    any case) become open_clip's ARCH/openai ("ViT-B-32/openai"); every other value is kept as typed."""
+    lookup = {key.lower(): arch for key, arch in OPENAI_CLIP_NAMES.items()}
+    arch = lookup.get(name.strip().lower())
+    return f"{arch}/openai" if arch else name
+
+
+def _is_drive_colon(name: str, i: int) -> bool:
+    """Whether the colon at `name[i]` is a Windows drive's ("C:\\..." or "C:/..."), at the start of the value or
+    of the part after a separating colon."""
+    return i >= 1 and name[i - 1].isalpha() and (i == 1 or name[i - 2] == ":") and name[i + 1 : i + 2] in ("\\", "/")
+
+
+def split_local(name: str) -> tuple[str, str] | None:
+    """(CONFIG or ARCH, WEIGHTS) of a local --clip value, or None. It splits at a colon that is not a Windows
+    drive's, so that `C:\\m\\cfg.json:C:\\m\\w.safetensors` splits between the two paths: the last such colon
+    whose right side is an existing file, else the last whose right side names a weights file."""
+    colons = [
+        i for i, char in enumerate(name) if char == ":" and 0 < i < len(name) - 1 and not _is_drive_colon(name, i)
+    ]
+    for looks_right in (
+        lambda right: Path(right).expanduser().is_file(),
+        lambda right: right.endswith(WEIGHT_SUFFIXES),
+    ):
+        for i in reversed(colons):
+            if looks_right(name[i + 1 :]):
+                return name[:i], name[i + 1 :]
+    return None
+
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
 def parse_clip_name(name: str) -> ClipSource:
-    """Resolve a --clip value without loading anything (so bad names fail before heavy work; no torch)."""
+    """Resolve a --clip value without loading anything (so bad names fail before heavy work; no torch).
+    openai/CLIP's names are the OpenAI weights of open_clip's architecture, named canonically."""
     from vqclip.weights.pretrained import clip_arch
 
-    left, sep, right = name.rpartition(":")
-    if (
-        sep
-        and right
-        and (Path(right).expanduser().is_file() or right.endswith((".pt", ".pth", ".bin", ".safetensors")))
-    ):
-        return _local_source(name, left, right)
+    local = split_local(name)
+    if local is not None:
+        return _local_source(name, *local)
+    name = canonical_clip_name(name)
     from vqclip.weights.registry import all_specs
 
     spec = all_specs().get(name)
