@@ -21,6 +21,22 @@ TINY_CLIP_CFG = {
 }
 
 
+def pytest_report_header(config):
+    if not FIXTURES.is_dir():
+        return f"taming fixtures: not found at {FIXTURES}; the tests that need them are skipped"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A clone without ../shared says how many tests it skipped for that, and what to put where."""
+    if FIXTURES.is_dir():
+        return
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "taming fixtures" in str(r.longrepr)]
+    terminalreporter.write_line(
+        f"{len(skipped)} tests skipped: they need the taming fixtures at {FIXTURES} "
+        "(the shared/ folder that sits beside the project's checkout)."
+    )
+
+
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     if not FIXTURES.is_dir():
