@@ -23,23 +23,6 @@ def _human(size: int | None) -> str:
     return "?"
 
 
-def _from_hub(spec) -> bool:
-    """CLIP entries whose weights open_clip names on the Hugging Face Hub (vqclip.weights.clip); not those
-    with local files (a user's, or the shapes world's shipped inside the package)."""
-    return spec.kind == "clip" and spec.checkpoint is None and not spec.path
-
-
-def _files(spec) -> list:
-    """The cache files of an entry (vqclip.weights.cache.FileTarget), CLIP Hub files included."""
-    from vqclip.weights.registry import targets
-
-    if _from_hub(spec):
-        from vqclip.weights.clip import clip_files
-
-        return clip_files(spec)
-    return targets(spec)
-
-
 @models.command("list")
 @click.option("--kind", type=click.Choice(["vqgan", "transformer", "clip", "upscaler"]))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model on stdout.")
@@ -47,12 +30,12 @@ def models_list(kind, as_json):
     """The known models: name, kind, size, and whether they are cached and verified."""
     from rich.table import Table
 
-    from vqclip.weights.clip import clip_status
-    from vqclip.weights.registry import list_specs, status
+    from vqclip.weights.catalog import entry_status
+    from vqclip.weights.registry import list_specs
 
     rows = []
     for spec in list_specs(kind):
-        cached, verified = clip_status(spec) if _from_hub(spec) else status(spec)
+        cached, verified = entry_status(spec)
         size = spec.checkpoint.size if spec.checkpoint else None
         rows.append(
             {
@@ -89,17 +72,13 @@ def models_list(kind, as_json):
 def models_download(names, quiet):
     """Download models into the cache (verified); prints each local path."""
     from vqclip.cli.progress import Reporter
-    from vqclip.weights.clip import download_clip
-    from vqclip.weights.registry import fetch_model, get_spec
+    from vqclip.weights.catalog import fetch_entry
+    from vqclip.weights.registry import get_spec
 
     specs = [get_spec(n) for n in names]  # unknown names fail before any download
     with Reporter("none" if quiet else "bar") as reporter:
         for spec in specs:
-            if _from_hub(spec):
-                path = download_clip(spec.name, progress=reporter)
-            else:
-                path = fetch_model(spec.name, progress=reporter).checkpoint
-            reporter.output(str(path))
+            reporter.output(str(fetch_entry(spec, progress=reporter)))
 
 
 @models.command("verify")
@@ -107,12 +86,13 @@ def models_download(names, quiet):
 def models_verify(names):
     """Re-check cached files (sha256, and what they hold); remove bad ones (fetched again on next use)."""
     from vqclip.weights.cache import cache_dir, check_file, remove_cached
+    from vqclip.weights.catalog import entry_files
     from vqclip.weights.registry import get_spec, list_specs
 
     specs = [get_spec(n) for n in names] if names else list_specs()
     present = []
     for spec in specs:
-        for target in _files(spec):
+        for target in entry_files(spec):
             if target.path.is_file():
                 present.append(target)
             elif names:
@@ -137,12 +117,7 @@ def models_verify(names):
 @click.argument("name")
 def models_path(name):
     """Print where a model's checkpoint lives (or will live) in the cache."""
+    from vqclip.weights.catalog import entry_path
     from vqclip.weights.registry import get_spec
 
-    spec = get_spec(name)
-    if _from_hub(spec):
-        from vqclip.weights.clip import clip_path
-
-        click.echo(str(clip_path(spec)))
-        return
-    click.echo(spec.path or str(_files(spec)[0].path))
+    click.echo(str(entry_path(get_spec(name))))
