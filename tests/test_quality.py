@@ -27,7 +27,7 @@ from PIL import Image
 from vqclip import generate
 from vqclip.config import GenerationConfig
 from vqclip.pipeline.load import load_models
-from vqclip.shapes import CLIP_A, CLIP_B, VQGAN
+from vqclip.shapes import CLIP_A, VQGAN
 from vqclip.shapes.judge import judge, load_judge
 from vqclip.shapes.scenes import render, sample_scene
 
@@ -89,9 +89,17 @@ def test_bf16_reaches_the_same_verdict_as_fp32(the_judge):
     assert colour_of(bf16, load_models(bf16), the_judge) == "blue"
 
 
-def test_two_clips_guide_together(the_judge):
-    both = replace(BASE, clip=(CLIP_A, CLIP_B), seed=1)
-    assert colour_of(both, load_models(both), the_judge) == "blue"
+def test_the_second_clip_guides_too(the_judge, tmp_path):
+    """An untrained CLIP first and CLIP A second: the image is blue on black only if the second CLIP guides.
+    Measured (fp32, seeds 1-3): blue on black 3 of 3; with the random CLIP alone, 0 of 3 (purple on gray), so
+    a run that dropped the second CLIP fails the 2-of-3 threshold."""
+    from tests.conftest import make_tiny_clip
+
+    both = replace(BASE, clip=(make_tiny_clip(tmp_path, name="RandomCLIP", seed=5), CLIP_A))
+    models = load_models(both)
+    verdicts = [judge(generate(replace(both, seed=s), models=models).image, the_judge)[0] for s in (1, 2, 3)]
+    right = [v.colour == "blue" and v.background == "black" for v in verdicts]
+    assert sum(right) >= 2, verdicts
 
 
 def test_story_phases_change_the_judged_colour(models, the_judge):
