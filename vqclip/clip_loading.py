@@ -130,7 +130,7 @@ def hub_targets(source: ClipSource) -> list:
         return []
     return [
         FileTarget(
-            folder / name,
+            _in_cache(source, folder / name),
             (url,),
             label=f"{source.name} ({name})",
             fetch_command=f"vqclip models download {source.name}",
@@ -138,6 +138,19 @@ def hub_targets(source: ClipSource) -> list:
         )
         for name, url in files
     ]
+
+
+def _in_cache(source: ClipSource, path: Path) -> Path:
+    """A Hub file's place in vqclip's cache, refused (exit 2) when a link there leads out of the cache."""
+    from vqclip.cache import Escape, confine
+
+    try:
+        return confine(path)
+    except Escape as err:
+        raise UsageError(
+            f"CLIP {source.name} cannot use {err.path}: {err.why}, and vqclip reads, writes and removes model "
+            "files only inside their cache folder."
+        ) from None
 
 
 def hf_cached_weights(source: ClipSource) -> Path | None:
