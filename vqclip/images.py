@@ -8,17 +8,41 @@ from PIL import Image, UnidentifiedImageError
 
 from vqclip.errors import UsageError
 
+MAX_PIXELS = 64_000_000  # an image larger than this (e.g. 8000x8000) is refused from its header, before decoding
 
-def open_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image, or one clear error for a missing or unreadable file."""
+
+def read_image(path: str | Path, what: str = "Image") -> tuple[Image.Image, dict]:
+    """An image file's RGB pixels and its text chunks (PNG metadata), read whole, or one UsageError for a
+    file that is missing, unreadable or truncated, larger than MAX_PIXELS, or a decompression bomb (a text
+    chunk that inflates beyond Pillow's limits, a header that declares billions of pixels)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UsageError(f"Image {path} does not exist.")
+        raise UsageError(f"{what} {path} does not exist.")
+    too_large = UsageError(
+        f"{what} {path} has more than {MAX_PIXELS // 1_000_000} megapixels, the limit for images vqclip reads.",
+        "Scale it down first (vqclip resizes every input to the canvas anyway).",
+    )
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise UsageError(f"{path} is not an image Pillow can read ({err}).") from err
+            if im.width * im.height > MAX_PIXELS:
+                raise too_large
+            im.load()  # every chunk, also those after the pixels: a truncated file fails here
+            texts = dict(getattr(im, "text", None) or {})
+            return im.convert("RGB"), texts
+    except Image.DecompressionBombError:
+        raise too_large from None
+    except ValueError as err:  # Pillow's limits on text chunks (MAX_TEXT_CHUNK, MAX_TEXT_MEMORY)
+        raise UsageError(
+            f"{what} {path} is refused: a text chunk in it inflates beyond Pillow's limits ({err}).",
+            "A file like this is a decompression bomb, made to exhaust memory; vqclip never writes one.",
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
+        raise UsageError(f"{what} {path} is not an image that can be read ({err}).") from None
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image, or one clear error for a missing, unreadable or oversized file (`read_image`)."""
+    return read_image(path)[0]
 
 
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -60,13 +60,9 @@ def parameters(result) -> str:
 
 def read_record(path: str | Path) -> dict:
     """The `vqclip` JSON chunk of a PNG written by vqclip; one clear error for anything else."""
-    from PIL import Image
+    from vqclip.images import read_image
 
-    from vqclip.images import open_image
-
-    open_image(path)  # one clear error for a missing or unreadable file
-    with Image.open(path) as im:
-        text = im.text.get("vqclip") if hasattr(im, "text") else None
+    text = read_image(path)[1].get("vqclip")  # one clear error for a missing, unreadable or hostile file
     if not text:
         raise UsageError(f"{path} has no vqclip metadata (it was not written by vqclip, or it was re-saved).")
     try:
@@ -76,3 +72,15 @@ def read_record(path: str | Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise UsageError(f"{path} has a vqclip metadata chunk that is not a valid record (it was edited or damaged).")
     return data
+
+
+def finished_image(path: str | Path, prompt: str, seed: int) -> bool:
+    """Whether `path` is a complete PNG (every byte of it readable) whose vqclip record says it is the finished
+    image of this prompt and seed: what `batch --skip-existing` accepts as done. An empty, truncated or
+    foreign file, or an interrupted image, is not."""
+    try:
+        data = read_record(path)
+    except UsageError:
+        return False
+    config = data["config"]
+    return data.get("complete", True) is True and config.get("prompt") == prompt and config.get("seed") == seed

@@ -31,7 +31,7 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
     if output and len(images) > 1 and not (Path(output).is_dir() or output.endswith(("/", os.sep))):
         raise UsageError("-o must be a folder when several images are given.")
     from vqclip.device import resolve_device
-    from vqclip.images import open_image
+    from vqclip.images import read_image
     from vqclip.loading import resolve_upscaler
     from vqclip.output import png_info, save_png
     from vqclip.pretrained import DEFAULT_UPSCALER
@@ -44,8 +44,8 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
         upscaler = load_upscaler(path, target_device)
         record = {"model": name, "sha256": sha256, "factor": scale, "tile": tile}
         for source in images:
-            big = upscale_image(upscaler, open_image(source), scale, tile, progress=reporter)
-            texts = _png_texts(source)
+            image, texts = read_image(source)
+            big = upscale_image(upscaler, image, scale, tile, progress=reporter)
             meta = _record(texts.get("vqclip"))
             if meta is not None:
                 meta["upscale"] = record
@@ -63,10 +63,3 @@ def _record(text: str | None) -> dict | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def _png_texts(path) -> dict:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return dict(getattr(im, "text", {}) or {})
