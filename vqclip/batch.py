@@ -102,13 +102,29 @@ def image_name(item: Item, seed: int) -> str:
     return f"{item.line:04d}-{slug(item.prompt, 50)}_s{seed}.png"
 
 
+def already_done(path: Path, cfg) -> bool:
+    """--skip-existing: the image is there, complete (every byte readable), with a vqclip record of its prompt
+    and seed, under its name or, when a file that is not it holds the name (kept: never overwritten), under
+    the `-1`, `-2`, ... name the redone image took. An empty or truncated file or an interrupted image is not
+    done."""
+    from vqclip.metadata import finished_image
+
+    for n in range(10_000):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return False
+        if finished_image(candidate, cfg.prompt, cfg.seed):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class BatchOptions:
     """How a batch runs: where its files go and which of its prompts this process takes."""
 
     outdir: Path
     shard: tuple[int, int] = (0, 1)  # (K, N): this process takes every N-th prompt starting at K
-    skip_existing: bool = False  # resume: a prompt whose finished image exists is skipped
+    skip_existing: bool = False  # resume: a prompt whose finished image exists is skipped (already_done)
     overwrite: bool = False
 
 
@@ -134,7 +150,7 @@ def run_batch(
     runs). Bad prompts are recorded in the manifest and skipped; an interrupted image is recorded as such
     (its latest image in NAME.partial.png) and the interruption goes on to the caller."""
     from vqclip.job import prepare
-    from vqclip.output import OutputOptions
+    from vqclip.output import OutputOptions, remove_stale_temps
     from vqclip.render import render
     from vqclip.validate import validate
 
@@ -143,6 +159,7 @@ def run_batch(
     summary = BatchSummary(manifest=manifest_path(options.outdir, k, n))
     base_seed = template.seed if template.seed is not None else 0
     models = None
+    remove_stale_temps(options.outdir)  # what writers killed mid-write left (never a live writer's, vqclip.output)
     for number, item in enumerate(items, start=1):
         seed = derive_seed(base_seed, item.line)
         progress(Progress("batch", number - 1, len(items), unit="image", stage=item.prompt))
@@ -150,10 +167,10 @@ def run_batch(
         start = time.perf_counter()
         try:
             path = options.outdir / image_name(item, seed)
-            if options.skip_existing and path.exists():
+            cfg = replace(template, prompt=item.prompt, seed=seed)
+            if options.skip_existing and already_done(path, cfg):
                 summary.skipped += 1
                 continue
-            cfg = replace(template, prompt=item.prompt, seed=seed)
             checked = validate(cfg)
             models = models or load(cfg, checked)
             job = prepare(cfg, models)
