@@ -66,6 +66,49 @@ def output_path(output: str | None, name: str) -> Path:
     return path
 
 
+STDOUT_NAMES = ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # -o values that mean standard output
+
+
+def to_stdout(output: str | None) -> bool:
+    """Whether -o asks for the PNG itself on standard output (`-o -`, `-o /dev/stdout`)."""
+    return output in STDOUT_NAMES
+
+
+def check_output_file(path: Path, stdout_is_terminal: bool = False, piped: bool = False) -> None:
+    """-o names a place for a new file: not a device, FIFO or socket, and nowhere in /dev (where `-1`, `-2`, ...
+    would create files); for standard output (`piped`), not a terminal."""
+    hint = "Use -o - to get the PNG on standard output (e.g. `vqclip ... -o - | convert - small.jpg`)."
+    if piped:
+        if stdout_is_terminal:
+            raise UsageError(
+                "-o - writes the PNG to standard output, which is a terminal here.",
+                "Pipe it (`| convert - small.jpg`) or redirect it (`> out.png`), or give a file name.",
+            )
+        return
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise UsageError(f"-o {path} is a device or special file, not a file vqclip can write.", hint)
+    parent = path.parent.resolve()
+    if parent == Path("/dev") or Path("/dev") in parent.parents:
+        raise UsageError(f"-o {path} is in /dev, where vqclip creates no files.", hint)
+
+
+def stdout_folder() -> Path:
+    """Where the PNG of `-o -` is written before it is sent to standard output (and where an interrupted
+    run's latest image is kept, named in the message)."""
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+    return Path(tempfile.gettempdir()) / f"vqclip-stdout{user}"
+
+
+def send_to_stdout(path: Path) -> None:
+    """The PNG's bytes on standard output, then its file removed (kept if the reader went away first)."""
+    import sys
+
+    data = Path(path).read_bytes()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    Path(path).unlink()
+
+
 def png_info(parameters: str, record: dict) -> PngImagePlugin.PngInfo:
     """`parameters` (the common text-to-image convention) and `vqclip` (every setting, as JSON)."""
     info = PngImagePlugin.PngInfo()
@@ -163,6 +206,18 @@ def _remove_if_stale(tmp: Path) -> None:
             tmp.unlink()
     finally:
         os.close(fd)
+
+
+def probe_writable(folder: Path) -> str | None:
+    """Create and remove a temporary file in an existing folder: None when that works, else why not. Asking
+    the file system beats `os.access`, which says yes for root in /proc, a read-only mount's permission bits
+    and the like, where the first real write fails."""
+    try:
+        fd, path = new_temp(folder, ".probe")
+    except OSError as err:
+        return err.strerror or str(err)
+    release(fd, path)
+    return None
 
 
 def save_png(image: Image.Image, path: str | Path, info=None, overwrite: bool = False) -> Path:

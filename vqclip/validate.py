@@ -135,6 +135,11 @@ def check_writable(directory: Path) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"Cannot write to {directory}: {probe} is not a writable folder.")
+    from vqclip.output import probe_writable
+
+    why = probe_writable(probe)  # a file made and removed: os.access says yes in /proc as root
+    if why:
+        raise UsageError(f"Cannot write to {directory}: a file cannot be created in {probe} ({why.lower()}).")
 
 
 def check_video(video: str | None) -> None:

@@ -46,16 +46,28 @@ def default_stem(cfg: GenerationConfig) -> str:
 
 def run_command(cfg, output, overwrite, save_every, frames, video, offline, progress_mode, stop_after=None):
     """The one pass for a single image: validate, load, prepare, render; print the path."""
-    from vqclip.output import OutputOptions, default_name, output_path
+    from vqclip.output import (
+        OutputOptions,
+        check_output_file,
+        default_name,
+        output_path,
+        send_to_stdout,
+        stdout_folder,
+        to_stdout,
+    )
     from vqclip.validate import check_frames, check_video, check_writable, validate
 
     cfg = cfg.with_seed()  # fixed now: the file name and the metadata carry it
-    path = output_path(output, default_name(default_stem(cfg), cfg.seed))
+    piped = to_stdout(output)  # -o -: the PNG goes to stdout, written first in stdout_folder()
+    path = output_path(str(stdout_folder()) + "/" if piped else output, default_name(default_stem(cfg), cfg.seed))
     checked = validate(cfg)
+    check_output_file(path, sys.stdout.isatty(), piped)
+    if piped and frames == "-":
+        raise UsageError("-o - and --frames - both write to standard output; give one of them a file or folder.")
     check_writable(path.parent)
     check_video(video)
     check_frames(None if video else frames, overwrite)  # with --video the frames go to ffmpeg only
-    if frames == "-":
+    if frames == "-" or piped:
         STDOUT["taken"] = True
     out = OutputOptions(path, overwrite, save_every, sys.stdout.buffer if frames == "-" else frames, video)
     with Reporter(progress_mode) as reporter:
@@ -67,12 +79,14 @@ def run_command(cfg, output, overwrite, save_every, frames, video, offline, prog
         for note in job.notes:
             reporter.message(note)
         result = render(job, models, out, progress=reporter)
-    if frames != "-":
+    if piped:
+        send_to_stdout(result.path)
+    elif frames != "-":
         click.echo(str(result.path))
     else:
         reporter.message(f"The final image is in {result.path}.")
     if result.video is not None:
-        click.echo(str(result.video))  # an output like the PNG: its path on stdout, after the PNG's
+        click.echo(str(result.video), err=piped)  # an output like the PNG: its path on stdout, after the PNG's
 
 
 def load(cfg, offline: bool, reporter: Reporter, checked):
