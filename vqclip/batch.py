@@ -102,18 +102,47 @@ def image_name(item: Item, seed: int) -> str:
     return f"{item.line:04d}-{slug(item.prompt, 50)}_s{seed}.png"
 
 
-def already_done(path: Path, cfg) -> bool:
-    """--skip-existing: the image is there, complete (every byte readable), with a vqclip record of its prompt
-    and seed, under its name or, when a file that is not it holds the name (kept: never overwritten), under
-    the `-1`, `-2`, ... name the redone image took. An empty or truncated file or an interrupted image is not
-    done."""
+def already_done(path: Path, cfg) -> Path | None:
+    """--skip-existing: where the image is, complete (every byte readable), with a vqclip record of its prompt
+    and seed: under its name or, when a file that is not it holds the name (kept: never overwritten), under
+    the `-1`, `-2`, ... name the redone image took. None for an empty or truncated file, an interrupted image,
+    or nothing."""
     from vqclip.metadata import finished_image
 
     for n in range(10_000):
         candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
         if not candidate.exists():
-            return False
+            return None
         if finished_image(candidate, cfg.prompt, cfg.seed):
+            return candidate
+    return None
+
+
+def settle(done: Path, entry: dict, manifest: Path, partial: Path) -> None:
+    """A finished image that a resumed batch skips: what a process killed between saving it and recording it
+    left is completed. Its manifest line is written if the manifest has none (from the image's record), and an
+    interrupted attempt's OUTPUT.partial.png of the same image is removed."""
+    from vqclip.metadata import partial_image, read_record
+
+    if not _recorded(manifest, entry["line"]):
+        record = read_record(done)
+        append_manifest(manifest, {**entry, "path": str(done), "loss": record.get("loss"), "status": "ok"})
+    if partial_image(partial, entry["prompt"], entry["seed"]):
+        partial.unlink(missing_ok=True)
+
+
+def _recorded(manifest: Path, line: int) -> bool:
+    """Whether the manifest has an "ok" line for this prompt line."""
+    try:
+        text = manifest.read_text()
+    except FileNotFoundError:
+        return False
+    for row in text.splitlines():
+        try:
+            record = json.loads(row)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("line") == line and record.get("status") == "ok":
             return True
     return False
 
@@ -168,8 +197,10 @@ def run_batch(
         try:
             path = options.outdir / image_name(item, seed)
             cfg = replace(template, prompt=item.prompt, seed=seed)
-            if options.skip_existing and already_done(path, cfg):
+            done = already_done(path, cfg) if options.skip_existing else None
+            if done is not None:
                 summary.skipped += 1
+                settle(done, entry, summary.manifest, OutputOptions(path).partial_path)
                 continue
             checked = validate(cfg)
             models = models or load(cfg, checked)

@@ -84,3 +84,13 @@ def finished_image(path: str | Path, prompt: str, seed: int) -> bool:
         return False
     config = data["config"]
     return data.get("complete", True) is True and config.get("prompt") == prompt and config.get("seed") == seed
+
+
+def partial_image(path: str | Path, prompt: str, seed: int) -> bool:
+    """Whether `path` is an interrupted run's latest image (OUTPUT.partial.png) of this prompt and seed."""
+    try:
+        data = read_record(path)
+    except UsageError:
+        return False
+    config = data["config"]
+    return data.get("complete") is False and config.get("prompt") == prompt and config.get("seed") == seed
