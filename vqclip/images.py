@@ -1,24 +1,49 @@
-"""Reading images into tensors and back: [0, 1] float tensors (1, 3, H, W) <-> PIL images."""
+"""Reading images (safely: no bombs) and turning them into tensors and back: [0, 1] float tensors
+(1, 3, H, W) <-> PIL images. Reading imports no torch, so validation can read its inputs without it."""
+
+from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from vqclip.errors import UsageError
 
+if TYPE_CHECKING:
+    import torch
 
-def open_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image, or one clear error for a missing or unreadable file."""
+MAX_PIXELS = 64_000_000  # an image larger than this (e.g. 8000x8000) is refused from its header, before decoding
+
+
+def read_image(path: str | Path, what: str = "Image") -> tuple[Image.Image, dict]:
+    """An image file's RGB pixels and its text chunks (PNG metadata), read whole, or one UsageError for a
+    file that is missing, unreadable or truncated, larger than MAX_PIXELS, or a decompression bomb (a text
+    chunk that inflates beyond Pillow's limits, a header that declares billions of pixels)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UsageError(f"Image {path} does not exist.")
+        raise UsageError(f"{what} {path} does not exist.")
+    too_large = UsageError(
+        f"{what} {path} has more than {MAX_PIXELS // 1_000_000} megapixels, the limit for images vqclip reads.",
+        "Scale it down first (vqclip resizes every input to the canvas anyway).",
+    )
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise UsageError(f"{path} is not an image Pillow can read ({err}).") from err
+            if im.width * im.height > MAX_PIXELS:
+                raise too_large
+            im.load()  # every chunk, also those after the pixels: a truncated file fails here
+            texts = dict(getattr(im, "text", None) or {})
+            return im.convert("RGB"), texts
+    except Image.DecompressionBombError:
+        raise too_large from None
+    except ValueError as err:  # Pillow's limits on text chunks (MAX_TEXT_CHUNK, MAX_TEXT_MEMORY)
+        raise UsageError(
+            f"{what} {path} is refused: a text chunk in it inflates beyond Pillow's limits ({err}).",
+            "A file like this is a decompression bomb, made to exhaust memory; vqclip never writes one.",
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
+        raise UsageError(f"{what} {path} is not an image that can be read ({err}).") from None
 
 
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -31,6 +56,8 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
+    import torch
+
     array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -42,8 +69,3 @@ def to_pil(x: torch.Tensor) -> Image.Image:
         x = x[0]
     array = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return Image.fromarray(array)
-
-
-def load_image(path: str | Path, width: int, height: int) -> torch.Tensor:
-    """An image file as a (1, 3, height, width) tensor in [0, 1], covering and centre-cropped."""
-    return to_tensor(fit(open_image(path), width, height))

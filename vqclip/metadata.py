@@ -60,10 +60,7 @@ def parameters(result) -> str:
 
 def read_record(path: str | Path) -> dict:
     """The `vqclip` JSON chunk of a PNG written by vqclip; one clear error for anything else."""
-    from vqclip.images import open_image
-
-    open_image(path)  # one clear error for a missing or unreadable file
-    text = png_texts(path).get("vqclip")
+    text = png_texts(path).get("vqclip")  # one clear error for a missing, unreadable or hostile file
     if not text:
         raise UsageError(f"{path} has no vqclip metadata (it was not written by vqclip, or it was re-saved).")
     try:
@@ -76,17 +73,16 @@ def read_record(path: str | Path) -> dict:
 
 
 def png_texts(path: str | Path) -> dict:
-    """The text chunks of an image (a PNG's tEXt/iTXt/zTXt), {} for a format without them."""
-    from PIL import Image
+    """The text chunks of an image (a PNG's tEXt/iTXt/zTXt), {} for a format without them; a missing,
+    unreadable or hostile file (a decompression bomb) is one UsageError."""
+    from vqclip.images import read_image
 
-    with Image.open(path) as im:
-        return dict(getattr(im, "text", {}) or {})
+    return read_image(path)[1]  # one clear error for a missing, unreadable or hostile file
 
 
-def upscaled_record(path: str | Path, upscale: dict) -> tuple[str, dict]:
-    """(parameters, vqclip record) for an upscaled copy of an existing image: its own, with the upscale
-    added (an image vqclip did not write gets only the parameters line)."""
-    texts = png_texts(path)
+def upscaled_record(texts: dict, upscale: dict) -> tuple[str, dict]:
+    """(parameters, vqclip record) for an upscaled copy of an image whose text chunks are `texts`: its own,
+    with the upscale added (an image vqclip did not write gets only the parameters line)."""
     try:
         data = json.loads(texts["vqclip"]) if texts.get("vqclip") else {}
     except ValueError:
@@ -94,3 +90,25 @@ def upscaled_record(path: str | Path, upscale: dict) -> tuple[str, dict]:
     data = {**data, "upscale": upscale} if isinstance(data, dict) and data else {}
     name = upscale.get("model", "")
     return (texts.get("parameters", "") + f"\nUpscale: x{upscale['factor']} ({name})").strip(), data
+
+
+def finished_image(path: str | Path, prompt: str, seed: int) -> bool:
+    """Whether `path` is a complete PNG (every byte of it readable) whose vqclip record says it is the finished
+    image of this prompt and seed: what `batch --skip-existing` accepts as done. An empty, truncated or
+    foreign file, or an interrupted image, is not."""
+    try:
+        data = read_record(path)
+    except UsageError:
+        return False
+    config = data["config"]
+    return data.get("complete", True) is True and config.get("prompt") == prompt and config.get("seed") == seed
+
+
+def partial_image(path: str | Path, prompt: str, seed: int) -> bool:
+    """Whether `path` is an interrupted run's latest image (OUTPUT.partial.png) of this prompt and seed."""
+    try:
+        data = read_record(path)
+    except UsageError:
+        return False
+    config = data["config"]
+    return data.get("complete") is False and config.get("prompt") == prompt and config.get("seed") == seed

@@ -38,9 +38,10 @@ def output_options(f):
 def run_command(
     cfg, output, overwrite, save_every, frames, video, offline, progress_mode, stop_after=None, inputs=None
 ):
-    """The one pass for a single image: validate, load, prepare, write; print the path. `inputs`: the
-    {path: sha256} a replayed image was made from, which the input images must still match."""
-    from vqclip.output import OutputOptions, default_name, output_path
+    """The one pass for a single image: validate, load, prepare, write; print the path (or, with -o -, send
+    the PNG itself to stdout). `inputs`: the {path: sha256} a replayed image was made from, which the input
+    images must still match."""
+    from vqclip.output import OutputOptions, check_output_file, default_name, output_path, stdout_folder, to_stdout
     from vqclip.pipeline.validate import check_outputs, validate
 
     if inputs:
@@ -49,10 +50,15 @@ def run_command(
     for path, digest in (request.inputs or {}).items():
         if inputs and inputs.get(path, digest) != digest:
             raise UsageError(f"The image was made from {path}, which has changed since (its sha256 differs).")
-    path = output_path(output, default_name(request.name_stem, request.cfg.seed))
+    piped = to_stdout(output)  # -o -: the PNG goes to stdout, written first in stdout_folder()
+    name = default_name(request.name_stem, request.cfg.seed)
+    path = output_path(str(stdout_folder()) + "/" if piped else output, name)
+    check_output_file(path, sys.stdout.isatty(), piped)
+    if piped and frames == "-":
+        raise UsageError("-o - and --frames - both write to standard output; give one of them a file or folder.")
     out = OutputOptions(path, overwrite, save_every, sys.stdout.buffer if frames == "-" else frames, video)
     check_outputs(out)
-    if frames == "-":
+    if frames == "-" or piped:
         STDOUT["taken"] = True
     with Reporter(progress_mode) as reporter:
         # loaded for this image only: no more than it needs (a canvas keeps the text towers for its class)
@@ -64,12 +70,16 @@ def run_command(
         for note in job.notes:
             reporter.message(note)
         result = write(job, models, out, progress=reporter)
-    if frames != "-":
+    if piped:
+        from vqclip.output import send_to_stdout
+
+        send_to_stdout(result.path)
+    elif frames != "-":
         click.echo(str(result.path))
     else:
         reporter.message(f"The final image is in {result.path}.")
     if result.video is not None:
-        click.echo(str(result.video))  # an output like the PNG: its path on stdout, after the PNG's
+        click.echo(str(result.video), err=piped)  # an output like the PNG: its path on stdout, after the PNG's
 
 
 def load(request, offline: bool, reporter: Reporter, **keep):

@@ -85,7 +85,7 @@ def models_download(names, quiet):
 @click.argument("names", nargs=-1)
 def models_verify(names):
     """Re-check cached files (sha256, and what they hold); remove bad ones (fetched again on next use)."""
-    from vqclip.weights.cache import cache_dir, check_file, remove_cached
+    from vqclip.weights.cache import cache_dir, check_file, remove_cached, stamp_path
     from vqclip.weights.catalog import entry_files
     from vqclip.weights.registry import get_spec, list_specs
 
@@ -100,17 +100,23 @@ def models_verify(names):
     if not present:
         info(f"Nothing to verify: no model files in {cache_dir()}." if not names else "Nothing to verify.")
         return
-    bad = 0
+    bad = kept = 0
     for target in present:
+        stamped = stamp_path(target.path).is_file()  # only a file the cache itself checked and stamped is removed
         problem = check_file(target)
         if problem is None:
             click.echo(f"ok       {target.path}")
-        else:
+        elif stamped:
             bad += 1
             remove_cached(target)
             click.echo(f"corrupt  {target.path} ({problem}); removed")
-    if bad:
-        raise VqclipError(f"{bad} corrupt file(s) removed; they will be downloaded again when needed.")
+        else:
+            kept += 1
+            click.echo(f"corrupt  {target.path} ({problem}); kept: vqclip did not download it, replace it yourself")
+    if bad or kept:
+        removed = f"{bad} corrupt file(s) removed; they will be downloaded again when needed" if bad else ""
+        left = f"{kept} corrupt file(s) that vqclip did not download left in place" if kept else ""
+        raise VqclipError("; ".join(filter(None, (removed, left))) + ".")
 
 
 @models.command("path")

@@ -23,16 +23,25 @@ from vqclip.errors import UsageError
 @click.option("--quiet", "-q", is_flag=True, help="No progress or messages on stderr.")
 def upscale(images, scale, model, tile, output, overwrite, device, offline, quiet):
     """Upscale existing images with Real-ESRGAN; vqclip metadata is carried over and records the upscale."""
-    from vqclip.pipeline.validate import check_image
+    import sys
+
+    from vqclip.output import check_output_file, png_info, save_png, send_to_stdout, stdout_folder, to_stdout
+    from vqclip.pipeline.validate import check_image, check_writable
 
     for path in images:  # every input is checked before the model loads
         check_image(path)
-    if output and len(images) > 1 and not (Path(output).is_dir() or output.endswith(("/", os.sep))):
+    piped = to_stdout(output)  # -o -: the PNG on stdout (one image)
+    if piped and len(images) > 1:
+        raise UsageError("-o - writes one PNG to standard output; give a folder for several images.")
+    if output and len(images) > 1 and not (piped or Path(output).is_dir() or output.endswith(("/", os.sep))):
         raise UsageError("-o must be a folder when several images are given.")
+    targets = [_target(source, str(stdout_folder()) + "/" if piped else output, scale) for source in images]
+    for target in targets:  # the places outputs go, checked before the model loads too
+        check_output_file(target, sys.stdout.isatty(), piped)
+        check_writable(target.parent)
     from vqclip.device import resolve_device
-    from vqclip.images import open_image
+    from vqclip.images import read_image
     from vqclip.metadata import upscaled_record
-    from vqclip.output import png_info, save_png
     from vqclip.pipeline.run import upscale_image
     from vqclip.weights.loading import fetch_upscaler
     from vqclip.weights.pretrained import DEFAULT_UPSCALER
@@ -40,11 +49,20 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
     target_device = resolve_device(device)
     with Reporter("none" if quiet else "bar") as reporter:
         upscaler, record = fetch_upscaler(model or DEFAULT_UPSCALER, target_device, offline or None, reporter)
-        for source in images:
-            big, done = upscale_image(upscaler, record, open_image(source), scale, tile, reporter)
-            parameters, meta = upscaled_record(source, done)
-            target = Path(output) if output else Path(source).with_name(f"{Path(source).stem}_x{scale}.png")
-            if target.is_dir() or (output or "").endswith(("/", os.sep)):
-                target = target / f"{Path(source).stem}_x{scale}.png"
+        for source, target in zip(images, targets, strict=True):
+            image, texts = read_image(source)
+            big, done = upscale_image(upscaler, record, image, scale, tile, reporter)
+            parameters, meta = upscaled_record(texts, done)
             saved = save_png(big, target, png_info(parameters, meta), overwrite)
-            reporter.output(str(saved))
+            if piped:
+                send_to_stdout(saved)
+            else:
+                reporter.output(str(saved))
+
+
+def _target(source: str, output: str | None, scale: int) -> Path:
+    """-o as a file or a folder, else IMAGE_xSCALE.png beside the image."""
+    target = Path(output) if output else Path(source).with_name(f"{Path(source).stem}_x{scale}.png")
+    if target.is_dir() or (output or "").endswith(("/", os.sep)):
+        target = target / f"{Path(source).stem}_x{scale}.png"
+    return target

@@ -103,13 +103,58 @@ def image_name(line: int, request) -> str:
     return f"{line:04d}-{slug(request.name_stem, 50)}_s{request.cfg.seed}.png"
 
 
+def already_done(path: Path, cfg) -> Path | None:
+    """--skip-existing: where the image is, complete (every byte readable), with a vqclip record of its prompt
+    and seed: under its name or, when a file that is not it holds the name (kept: never overwritten), under
+    the `-1`, `-2`, ... name the redone image took. None for an empty or truncated file, an interrupted image,
+    or nothing."""
+    from vqclip.metadata import finished_image
+
+    for n in range(10_000):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return None
+        if finished_image(candidate, cfg.prompt, cfg.seed):
+            return candidate
+    return None
+
+
+def settle(done: Path, entry: dict, manifest: Path, partial: Path) -> None:
+    """A finished image that a resumed batch skips: what a process killed between saving it and recording it
+    left is completed. Its manifest line is written if the manifest has none (from the image's record), and an
+    interrupted attempt's OUTPUT.partial.png of the same image is removed."""
+    from vqclip.metadata import partial_image, read_record
+
+    if not _recorded(manifest, entry["line"]):
+        record = read_record(done)
+        append_manifest(manifest, {**entry, "path": str(done), "loss": record.get("loss"), "status": "ok"})
+    if partial_image(partial, entry["prompt"], entry["seed"]):
+        partial.unlink(missing_ok=True)
+
+
+def _recorded(manifest: Path, line: int) -> bool:
+    """Whether the manifest has an "ok" line for this prompt line."""
+    try:
+        text = manifest.read_text()
+    except FileNotFoundError:
+        return False
+    for row in text.splitlines():
+        try:
+            record = json.loads(row)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("line") == line and record.get("status") == "ok":
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class BatchOptions:
     """How a batch runs: where its files go and which of its prompts this process takes."""
 
     outdir: Path
     shard: tuple[int, int] = (0, 1)  # (K, N): this process takes every N-th prompt starting at K
-    skip_existing: bool = False  # resume: a prompt whose finished image exists is skipped
+    skip_existing: bool = False  # resume: a prompt whose finished image exists is skipped (already_done)
     overwrite: bool = False
 
 
@@ -140,7 +185,7 @@ def run_batch(
     recorded as such (its latest image in NAME.partial.png) and the interruption goes on to the caller."""
     import torch
 
-    from vqclip.output import OutputOptions
+    from vqclip.output import OutputOptions, remove_stale_temps
     from vqclip.pipeline.prepare import prepare
     from vqclip.pipeline.validate import validate
     from vqclip.pipeline.write import write
@@ -151,6 +196,7 @@ def run_batch(
     base_seed = template.seed if template.seed is not None else 0
     models = None
     device_oom = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+    remove_stale_temps(options.outdir)  # what writers killed mid-write left (never a live writer's, vqclip.output)
     for number, item in enumerate(items, start=1):
         ran_out = False
         seed = derive_seed(base_seed, item.line)
@@ -160,8 +206,10 @@ def run_batch(
         try:
             request = validate(replace(template, prompt=item.prompt, seed=seed))
             path = options.outdir / image_name(item.line, request)
-            if options.skip_existing and path.exists():
+            done = already_done(path, request.cfg) if options.skip_existing else None
+            if done is not None:
                 summary.skipped += 1
+                settle(done, entry, summary.manifest, OutputOptions(path).partial_path)
                 continue
             models = models or load(request)
             result = write(prepare(request, models), models, OutputOptions(path, options.overwrite), progress=progress)

@@ -7,7 +7,6 @@ GenerationConfig is built; this module checks what needs the file system or the 
 input images, model names, and the places outputs go. Nothing here imports torch.
 """
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -16,8 +15,6 @@ from pathlib import Path
 from vqclip.config import GenerationConfig, default
 from vqclip.errors import UsageError
 from vqclip.prompts import Prompt, parse_prompt, parse_story
-
-MAX_IMAGE_PIXELS = 64_000_000  # an input image larger than this (e.g. 8000x8000) is refused before decoding
 
 
 @dataclass(frozen=True)
@@ -91,33 +88,14 @@ def check_text(text: str, what: str = "The prompt") -> None:
 
 
 def read_image(path: str, what: str = "Image"):
-    """An existing, decodable image within MAX_IMAGE_PIXELS (checked from the header before decoding), as
-    (resolved path, sha256, RGB PIL image): the one read of an input image."""
-    from PIL import Image, UnidentifiedImageError
+    """(resolved path, sha256, RGB PIL image) of an input image: the one read of it, refused in one sentence
+    when it is missing, unreadable, over the pixel limit or a decompression bomb (vqclip.images.read_image)."""
+    from vqclip.images import read_image as decode
+    from vqclip.weights.cache import sha256_file
 
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"{what} {path} does not exist.")
-    too_large = UsageError(
-        f"{what} {path} has more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels, the limit for input images.",
-        "Scale it down first (vqclip resizes every input to the canvas anyway).",
-    )
-    try:
-        data = file.read_bytes()
-    except OSError as err:
-        raise UsageError(f"{what} {path} cannot be read ({err.strerror}).") from None
-    try:
-        import io
-
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise too_large
-            image = im.convert("RGB")
-    except Image.DecompressionBombError:
-        raise too_large from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise UsageError(f"{what} {path} is not an image that can be read ({err}).") from None
-    return str(file.resolve()), hashlib.sha256(data).hexdigest(), image
+    image, _ = decode(path, what)
+    file = Path(path).expanduser().resolve()
+    return str(file), sha256_file(file), image
 
 
 def check_image(path: str, what: str = "Image") -> None:
@@ -221,6 +199,11 @@ def check_writable(directory: Path) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"Cannot write to {directory}: {probe} is not a writable folder.")
+    from vqclip.output import probe_writable
+
+    why = probe_writable(probe)  # a file made and removed: os.access says yes in /proc as root
+    if why:
+        raise UsageError(f"Cannot write to {directory}: a file cannot be created in {probe} ({why.lower()}).")
 
 
 def check_video(video: str | None) -> None:

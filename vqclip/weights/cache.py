@@ -40,6 +40,50 @@ def in_cache(path: Path) -> bool:
     return Path(path).resolve().is_relative_to(cache_dir().resolve())
 
 
+class Escape(Exception):
+    """A cache path that would lead out of its model's cache folder; `why` says how (for the caller's message)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(why)
+        self.path, self.why = path, why
+
+
+def plain_name(name: str) -> str | None:
+    """Why `name` is not a plain file or folder name inside a cache folder (absolute, `..`, a separator), or None."""
+    if not name or name in (".", ".."):
+        return "it is not a file name"
+    if os.path.isabs(name) or name.startswith("~"):
+        return "it is an absolute path"
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        return "it climbs out with `..`"
+    if len(parts) > 1:
+        return "it names a subfolder"
+    return None
+
+
+def confine(path: Path) -> Path:
+    """`path` (computed as a file in a model's cache folder) if it and the files vqclip keeps beside it (stamp,
+    `.part`, lock) stay inside that folder, links included; else Escape. The cache folder itself may be a link
+    (to another disk); a link below it that leads elsewhere is refused, so that nothing outside is read,
+    written or removed."""
+    root = cache_dir()
+    try:
+        relative = Path(os.path.normpath(path)).relative_to(os.path.normpath(root))
+    except ValueError:
+        raise Escape(path, f"it is outside the cache folder {root}") from None
+    if ".." in Path(path).parts or not relative.parts or ".." in relative.parts:
+        raise Escape(path, f"it is outside the cache folder {root}")
+    real_root = root.resolve()
+    folder = real_root / relative.parent
+    beside = (stamp_path(path), *(path.with_name(path.name + end) for end in (".part", ".part.json", ".lock")))
+    for file in (path, *beside):
+        real = (real_root / file.relative_to(root)).resolve()
+        if not real.is_relative_to(folder):
+            raise Escape(path, f"{file} is a link that leads out of the cache folder (to {real})")
+    return path
+
+
 def hasher(path: Path):
     """A sha256 object fed with the file's bytes, read in chunks (never the whole file at once)."""
     h = hashlib.sha256()

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqclip.errors import DownloadError, OfflineError, UsageError, WeightsError
+from vqclip.errors import DownloadError, OfflineError, OutOfMemoryError, UsageError, WeightsError
 from vqclip.events import ProgressFn, ignore
 
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
@@ -60,6 +60,7 @@ def _local_source(name: str, config: str, weights: str) -> ClipSource:
         config_path = Path(config).expanduser()
         if not config_path.is_file():
             raise UsageError(f"CLIP config file {config} does not exist.")
+        check_clip_config(config_path)
         return ClipSource(name, config_path.stem, weights=str(weights_path), config_file=str(config_path))
     return ClipSource(name, config, weights=str(weights_path))
 
@@ -77,6 +78,96 @@ OPENAI_CLIP_NAMES = {
     "ViT-L/14": "ViT-L-14",
     "ViT-L/14@336px": "ViT-L-14-336",
 }
+
+
+# ---- a local model-config JSON, checked before anything is built -------------------------------------
+
+_COUNT = "a whole number of at least 1"
+_RATIO = "a finite number above 0"
+_FLAG = "true or false"
+# The fields of open_clip's CLIPVisionCfg / CLIPTextCfg / CLIP that size the model, and what each must be.
+_TOP = {"embed_dim": _COUNT, "quick_gelu": _FLAG, "custom_text": _FLAG}
+_VISION = {"width": _COUNT, "head_width": _COUNT, "patch_size": _COUNT, "mlp_ratio": _RATIO}
+_VISION |= {"attn_pooler_queries": _COUNT, "attn_pooler_heads": _COUNT, "attentional_pool": _FLAG}
+_TEXT = {"context_length": _COUNT, "vocab_size": _COUNT, "width": _COUNT, "heads": _COUNT, "layers": _COUNT}
+_TEXT |= {"mlp_ratio": _RATIO}
+_LAYERS = "a whole number of at least 1 (a ViT), or a list of four (a ResNet)"
+_IMAGE_SIZE = "a whole number of at least 1, or a list of two (height, width)"
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_ratio(value) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _counts(value, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(map(_is_count, value))
+
+
+_CHECKS = {_COUNT: _is_count, _RATIO: _is_ratio, _FLAG: lambda v: isinstance(v, bool)}
+_CHECKS |= {_LAYERS: lambda v: _is_count(v) or _counts(v, 4), _IMAGE_SIZE: lambda v: _is_count(v) or _counts(v, 2)}
+
+
+def _not_finite(value, key: str) -> str | None:
+    """The first key (dotted) under `key` whose number is NaN or infinite."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _not_finite(v, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
+
+
+def check_clip_config(path: Path) -> dict:
+    """A model-config JSON whose sizes open_clip can build from: every field that sizes the model is a positive
+    whole number (or list of them) or a finite ratio, and no number anywhere is NaN or infinite. Returns the
+    config; otherwise one UsageError naming the file, the key and the value (exit 2, before anything loads)."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UsageError(f"CLIP config {path} is not a JSON file that can be read ({err}).") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"CLIP config {path} must be a JSON object of settings, not {type(cfg).__name__}.")
+    if "model_cfg" in cfg:
+        raise UsageError(f"{path} is a hub config; pass its model_cfg as a plain JSON file.")
+    bad = _not_finite(cfg, "")
+    if bad:
+        value = cfg
+        for part in bad.split("."):
+            value = value[int(part) if isinstance(value, list) else part]
+        raise UsageError(f"CLIP config {path}: `{bad}` is {value!r}; it must be a finite number.")
+    expected = [(key, kind, cfg) for key, kind in _TOP.items()]
+    for tower, fields in (("vision_cfg", _VISION), ("text_cfg", _TEXT)):
+        section = cfg.get(tower)
+        if not isinstance(section, dict):
+            raise UsageError(f"CLIP config {path}: `{tower}` must be an object of settings, not {section!r}.")
+        expected += [(f"{tower}.{key}", kind, section) for key, kind in fields.items()]
+    expected += [
+        ("vision_cfg.layers", _LAYERS, cfg["vision_cfg"]),
+        ("vision_cfg.image_size", _IMAGE_SIZE, cfg["vision_cfg"]),
+    ]
+    if "embed_dim" not in cfg:
+        raise UsageError(f"CLIP config {path} has no `embed_dim` (the size of the joint embedding).")
+    for key, kind, section in expected:
+        field = key.rpartition(".")[2]
+        if field in section and not _CHECKS[kind](section[field]):
+            raise UsageError(f"CLIP config {path}: `{key}` is {section[field]!r}; it must be {kind}.")
+    text = cfg["text_cfg"]
+    if text.get("width", 512) % text.get("heads", 8):
+        raise UsageError(
+            f"CLIP config {path}: `text_cfg.width` ({text.get('width', 512)}) must be a multiple of "
+            f"`text_cfg.heads` ({text.get('heads', 8)})."
+        )
+    return cfg
 
 
 def canonical_clip_name(name: str) -> str:
@@ -177,7 +268,7 @@ def hub_targets(source: ClipSource) -> list:
         return []
     return [
         FileTarget(
-            folder / name,
+            _in_cache(source, folder / name),
             (url,),
             label=f"{source.name} ({name})",
             fetch_command=f"vqclip models download {source.name}",
@@ -185,6 +276,19 @@ def hub_targets(source: ClipSource) -> list:
         )
         for name, url in files
     ]
+
+
+def _in_cache(source: ClipSource, path: Path) -> Path:
+    """A Hub file's place in vqclip's cache, refused (exit 2) when a link there leads out of the cache."""
+    from vqclip.cache import Escape, confine
+
+    try:
+        return confine(path)
+    except Escape as err:
+        raise UsageError(
+            f"CLIP {source.name} cannot use {err.path}: {err.why}, and vqclip reads, writes and removes model "
+            "files only inside their cache folder."
+        ) from None
 
 
 def hf_cached_weights(source: ClipSource) -> Path | None:
@@ -327,18 +431,61 @@ def load_clip(name: "str | ClipSource", device="cpu", offline: bool | None = Non
     source = name if isinstance(name, ClipSource) else parse_clip_name(name)
     name = source.name
     if source.config_file:
-        cfg = json.loads(Path(source.config_file).read_text())
-        if "model_cfg" in cfg:
-            raise UsageError(f"{source.config_file} is a hub config; pass its model_cfg as a plain JSON file.")
+        check_clip_sizes(source, check_clip_config(Path(source.config_file)))
         open_clip.add_model_config(source.config_file)
     weights = fetch_clip_weights(source, offline=offline, progress=progress)
     # the tag's normalisation (e.g. 0.5/0.5 for some LAION models); local files get open_clip's default
     norm = {k: v for k, v in _pretrained_cfg(source).items() if k in ("mean", "std")} if source.tag else {}
-    with _root_logging_held():
+    with _allocation_failures(source), _root_logging_held():
         model = open_clip.create_model(source.arch, pretrained=None, device="cpu", force_preprocess_cfg=norm)
         tokenizer = open_clip.get_tokenizer(source.arch)
-    load_strict(
-        model, _state_dict(weights), str(weights), hint="Check that the architecture (or CONFIG.json) fits them."
+    with _allocation_failures(source):
+        load_strict(
+            model, _state_dict(weights), str(weights), hint="Check that the architecture (or CONFIG.json) fits them."
+        )
+        model.eval().requires_grad_(False)
+        return wrap_clip(name, model, tokenizer, _weights_sha256(weights)).to(device)
+
+
+def _too_big(source: ClipSource, what: str) -> OutOfMemoryError:
+    config = f" (check the sizes in {source.config_file})" if source.config_file else ""
+    return OutOfMemoryError(
+        f"CLIP {source.name} does not fit in memory: {what}{config}.",
+        "Close other programs or use a machine with more memory (the model is built in RAM, whatever --device).",
     )
-    model.eval().requires_grad_(False)
-    return wrap_clip(name, model, tokenizer, _weights_sha256(weights)).to(device)
+
+
+def check_clip_sizes(source: ClipSource, cfg: dict) -> None:
+    """Refuse, before building, a config whose transformer weights alone (about layers x 12 x width^2 floats per
+    tower) exceed the memory that is free: building it would exhaust RAM instead of failing cleanly."""
+    import torch
+
+    from vqclip.memory import free_memory
+
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    n = 0
+    for tower in (vision, text):
+        layers, width = tower.get("layers", 12), tower.get("width", 768)
+        if isinstance(layers, int) and not tower.get("timm_model_name") and not tower.get("hf_model_name"):
+            n += layers * (4 + 2 * tower.get("mlp_ratio", 4.0)) * width * width
+    n += text.get("vocab_size", 49408) * text.get("width", 512)
+    need, free = int(4 * n), free_memory(torch.device("cpu"))
+    if need > free:
+        raise _too_big(source, f"its weights take about {need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is free")
+
+
+@contextmanager
+def _allocation_failures(source: ClipSource) -> Iterator[None]:
+    """An allocation that fails while building or loading (torch raises RuntimeError "can't allocate memory",
+    or MemoryError) is the out-of-memory exit, not an unexpected failure."""
+    import torch
+
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        raise _too_big(source, str(err).splitlines()[0][:200] or "an allocation failed") from err
+    except RuntimeError as err:
+        text = str(err)
+        if "allocate" not in text.lower() and "out of memory" not in text.lower():
+            raise
+        raise _too_big(source, text.splitlines()[0][:200]) from err

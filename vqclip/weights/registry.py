@@ -22,7 +22,16 @@ from pathlib import Path
 
 from vqclip.errors import UsageError
 from vqclip.events import ProgressFn, ignore
-from vqclip.weights.cache import FileTarget, cache_dir, is_verified, read_stamp, sha256_file
+from vqclip.weights.cache import (
+    Escape,
+    FileTarget,
+    cache_dir,
+    confine,
+    is_verified,
+    plain_name,
+    read_stamp,
+    sha256_file,
+)
 from vqclip.weights.download import fetch
 from vqclip.weights.pretrained import PRETRAINED, FileSpec, WeightSpec
 
@@ -96,6 +105,12 @@ def _check_entry(name: str, entry, source: Path) -> None:
             raise UsageError(f"{where} has an unknown key `{key}`.", hint + "Known keys: " + ", ".join(FIELDS) + ".")
         if not _holds(value, expected):
             raise UsageError(f"{where}: `{key}` must be {expected}, not {_type_name(value)} ({value!r}).")
+    for key in ("filename", "config_filename"):  # a file in the model's cache folder, never anywhere else
+        why = plain_name(entry[key]) if key in entry else None
+        if why:
+            raise UsageError(
+                f"{where}: `{key}` must be a plain file name inside the model's cache folder, not {entry[key]!r} ({why})."
+            )
     for key in ("sha256", "config_sha256"):
         digest = entry.get(key)
         if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
@@ -154,6 +169,10 @@ def _read_user_specs(path: str, mtime_ns: int, size: int) -> dict[str, WeightSpe
     models = _toml_load(source).get("models", {})
     if not isinstance(models, dict):
         raise UsageError(f"`models` in {source} must be a table of [models.NAME] entries, not {_type_name(models)}.")
+    for name in models:  # a name is the model's cache folder: it must stay inside the cache
+        why = plain_name(name)
+        if why and why != "it names a subfolder":
+            raise UsageError(f"Model {name!r} in {source} cannot be used: its name is its cache folder and {why}.")
     return {name: _user_spec(name, entry, source) for name, entry in models.items()}
 
 
@@ -196,7 +215,7 @@ def targets(spec: WeightSpec) -> list[FileTarget]:
         files.append((spec.config, "taming-config"))
     return [
         FileTarget(
-            path=model_dir(spec) / file.filename,
+            path=cache_file(spec, file.filename),
             urls=file.urls,
             size=file.size,
             sha256=file.sha256,
@@ -206,6 +225,18 @@ def targets(spec: WeightSpec) -> list[FileTarget]:
         )
         for file, content in files
     ]
+
+
+def cache_file(spec: WeightSpec, filename: str) -> Path:
+    """`filename` in the entry's cache folder, or one sentence (exit 2) when it, or a link on the way, leads out."""
+    try:
+        return confine(model_dir(spec) / filename)
+    except Escape as err:
+        where = f" (check its entry in {user_config_path()})" if spec.name in user_specs() else ""
+        raise UsageError(
+            f"Model {spec.name!r} cannot use {err.path}: {err.why}, and vqclip reads, writes and removes model "
+            f"files only inside their cache folder{where}."
+        ) from None
 
 
 @dataclass(frozen=True)
