@@ -103,12 +103,12 @@ def test_a_bomb_as_an_input_image_is_exit_2(option, bombs, vq, tmp_path):
 
 def test_a_bomb_at_a_batch_image_name_is_redone_and_kept(bombs, vq, tmp_path):
     """--skip-existing reads every file at an image's name: a bomb there is not the image, and it is kept."""
-    from vqclip.pipeline.batch import Item, derive_seed, image_name
+    from vqclip.pipeline.batch import derive_seed, image_name
 
     (tmp_path / "p.txt").write_text("a red star\n")
     out = tmp_path / "out"
     out.mkdir()
-    name = image_name(Item(1, "a red star"), derive_seed(0, 1))
+    name = image_name(1, "a red star", derive_seed(0, 1))
     (out / name).write_bytes(bombs["ztxt"].read_bytes())
     shapes = ["--vqgan", "shapes_f8", "--clip", "shapes-a", "--size", "32", "--steps", "1", "--cutn", "2", "-q"]
     result = vq("batch", tmp_path / "p.txt", "--outdir", out, "--skip-existing", "--device", "cpu", *shapes)

@@ -1,7 +1,10 @@
 """The CLIP names users type (issue 29, defects 3 and 8): openai/CLIP's keys, and local files on Windows."""
 
+import json
+
 import pytest
 
+from tests.conftest import TINY_CLIP_CFG
 from vqclip.weights.clip import canonical_clip_name, parse_clip_name, split_local
 
 OPENAI_KEYS = [
@@ -76,7 +79,7 @@ def test_a_windows_value_resolves_to_both_files(tmp_path, monkeypatch):
     """On Linux a file may be named with a drive and backslashes, so the Windows value names real files."""
     monkeypatch.chdir(tmp_path)
     config, weights = r"C:\m\cfg.json", r"C:\m\w.safetensors"
-    (tmp_path / config).write_text("{}")
+    (tmp_path / config).write_text(json.dumps(TINY_CLIP_CFG))  # checked before anything is built
     (tmp_path / weights).write_bytes(b"")
     source = parse_clip_name(f"{config}:{weights}")
     assert (source.config_file, source.weights) == (config, weights)

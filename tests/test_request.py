@@ -184,3 +184,18 @@ def test_the_request_holds_what_validation_read(f16, tiny_clip, tmp_path):
     assert (request.noise_prompts[0].seed, request.noise_prompts[0].weight) == (42, 0.25)
     assert request.inputs == {blue.path: blue.sha256} and request.texts == ["a cat", "fog", "a dog"]
     assert request.vqgan.path == f16 and request.clips[0].name == tiny_clip
+
+
+def test_old_module_paths_still_import_with_a_warning(monkeypatch):
+    import importlib
+
+    import vqclip.pipeline.prepare
+    import vqclip.weights.loading
+
+    for old, new in (("vqclip.loading", vqclip.weights.loading), ("vqclip.job", vqclip.pipeline.prepare)):
+        monkeypatch.delitem(sys.modules, old, raising=False)
+        with pytest.warns(DeprecationWarning, match=f"{old} moved to {new.__name__}"):
+            assert importlib.import_module(old) is new
+    from vqclip.pipeline import generate
+
+    assert generate is vqclip.generate

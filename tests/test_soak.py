@@ -172,7 +172,7 @@ def test_three_shards_killed_and_resumed_equal_a_clean_run(tmp_path):
             raise shard.error
 
     names = sorted(p.name for p in clean.glob("*.png"))
-    expected = sorted(image_name(item, derive_seed(5, item.line)) for item in items)
+    expected = sorted(image_name(item.line, item.prompt, derive_seed(5, item.line)) for item in items)
     assert names == expected
     files = sorted(p.name for p in shared.iterdir())
     manifests = [f"manifest.shard-{k}-of-{SHARDS}.jsonl" for k in range(SHARDS)]
@@ -204,4 +204,4 @@ def test_three_shards_killed_and_resumed_equal_a_clean_run(tmp_path):
 
 def image_name_for(row: dict, items) -> str:
     item = next(i for i in items if i.line == row["line"])
-    return image_name(item, derive_seed(5, item.line))
+    return image_name(item.line, item.prompt, derive_seed(5, item.line))

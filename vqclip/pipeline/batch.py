@@ -96,11 +96,11 @@ def append_manifest(path: Path, record: dict) -> None:
         os.close(fd)
 
 
-def image_name(line: int, request) -> str:
-    """LINE-PROMPT-SLUG_sSEED.png for a validated request (vqclip.pipeline.validate.Request)."""
+def image_name(line: int, stem: str, seed: int) -> str:
+    """LINE-PROMPT-SLUG_sSEED.png, from a validated request's `name_stem` (its first prompt's text)."""
     from vqclip.output import slug
 
-    return f"{line:04d}-{slug(request.name_stem, 50)}_s{request.cfg.seed}.png"
+    return f"{line:04d}-{slug(stem, 50)}_s{seed}.png"
 
 
 def already_done(path: Path, cfg) -> Path | None:
@@ -205,7 +205,7 @@ def run_batch(
         start = time.perf_counter()
         try:
             request = validate(replace(template, prompt=item.prompt, seed=seed))
-            path = options.outdir / image_name(item.line, request)
+            path = options.outdir / image_name(item.line, request.name_stem, request.cfg.seed)
             done = already_done(path, request.cfg) if options.skip_existing else None
             if done is not None:
                 summary.skipped += 1

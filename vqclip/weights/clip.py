@@ -280,7 +280,7 @@ def hub_targets(source: ClipSource) -> list:
 
 def _in_cache(source: ClipSource, path: Path) -> Path:
     """A Hub file's place in vqclip's cache, refused (exit 2) when a link there leads out of the cache."""
-    from vqclip.cache import Escape, confine
+    from vqclip.weights.cache import Escape, confine
 
     try:
         return confine(path)
