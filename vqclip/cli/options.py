@@ -50,7 +50,10 @@ def _shift(ctx, param, value):
 def _palette(ctx, param, value):
     if value is None:
         return default("palette")
-    return tuple(n.strip() for n in value.split(",") if n.strip())
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise click.BadParameter("names no colour (give names such as orange or hex such as #ff2200).")
+    return names
 
 
 def parse_bytes(ctx, param, value):
