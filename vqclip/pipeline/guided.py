@@ -17,6 +17,7 @@ from vqclip.losses import PixelLosses
 from vqclip.optimize import decode_image, optimize
 from vqclip.prompts import phase_at
 from vqclip.schedules import Tracker
+from vqclip.tiling import circular
 
 StepFn = Callable[[Step], None]
 
@@ -33,9 +34,11 @@ class StageResult:
     tracker: dict | None = None  # --keep best / --auto-stop: the step kept, where the run stopped, the guide losses
 
 
-def decode(models, z: torch.Tensor):
-    """A latent as a PIL image, decoded in fp32 whatever the run's precision (the pixels that are kept)."""
-    return to_pil(decode_image(models.vqgan, z))
+def decode(models, z: torch.Tensor, tile: bool = False):
+    """A latent as a PIL image, decoded in fp32 whatever the run's precision (the pixels that are kept);
+    `tile`: with the decoder padding circularly, as a tiled run decodes (vqclip.tiling)."""
+    with circular(models.vqgan, tile):
+        return to_pil(decode_image(models.vqgan, z))
 
 
 def build_guides(
@@ -137,6 +140,12 @@ def optimise(
         tile=cfg.tile,
         tracker=tracker,
     )
+    with circular(models.vqgan, cfg.tile):
+        return _follow(loop, job, models, cfg, z, tracker, stage, first, progress, on_step, stop_after)
+
+
+def _follow(loop, job, models, cfg, z, tracker, stage, first, progress, on_step, stop_after) -> StageResult:
+    """Run the loop, reporting each step; the stage's result."""
     loss, done = float("nan"), first
     if stop_after is not None and stop_after <= first:
         return StageResult(z.detach(), loss, done)
@@ -144,7 +153,7 @@ def optimise(
         stop_if_signalled()  # a signal whose exception was lost on its way up still ends the run here
         loss, done = state.loss, first + state.i
         if on_step is not None:  # first: a step that was reported is a step that is kept
-            image = lambda latent=state.z: decode(models, latent)  # noqa: E731
+            image = lambda latent=state.z: decode(models, latent, cfg.tile)  # noqa: E731
             on_step(Step(done, job.total_steps, loss, list(state.losses), state.phase, stage, state.z, image))
         progress(Progress("optimize", state.i, cfg.steps, stage=stage, loss=loss, phase=state.phase))
         if done == stop_after:

@@ -44,7 +44,7 @@ def make_result(
     """The one way a Result is made: a finished run's (one that --auto-stop ended early is finished too), or
     the latest image of an interrupted one."""
     return Result(
-        decode(models, z),
+        decode(models, z, job.cfg.tile),
         job.cfg,
         loss,
         seconds,
