@@ -17,7 +17,7 @@ import os
 import torch
 from quality import RECORDS, first_right, machine, run_suite, settings_parser, suite, summarise
 
-from vqclip.config import DEFAULT_AUGMENTS
+from vqclip.config import DEFAULT_AUGMENTS, LR_SCHEDULES, OPTIMIZERS
 
 
 def variants() -> dict[str, dict]:
@@ -30,6 +30,8 @@ def variants() -> dict[str, dict]:
     out |= {f"cut_pow {p}": {"cut_pow": p} for p in (0.5, 2.0)}
     out["fp32"] = {"precision": "fp32"}
     out["bf16"] = {"precision": "bf16"}
+    out |= {f"opt {name}": {"optimizer": name} for name in OPTIMIZERS if name != "adam"}
+    out |= {f"schedule {name}": {"lr_schedule": name} for name in LR_SCHEDULES if name != "constant"}
     return out
 
 
@@ -44,7 +46,7 @@ def plot(table: dict[str, list[dict]], path) -> None:
     for i, (label, summary) in enumerate(table.items()):
         xs, ys = [s["seconds"] for s in summary], [100 * s["all"] for s in summary]
         style = {"color": "black", "linewidth": 2.5} if label == "default" else {"color": plt.cm.tab20(i % 20)}
-        style["linestyle"] = "-" if i < 10 else "--"  # 14 settings: colours alone repeat
+        style["linestyle"] = ("-", "--", ":")[min(i // 10, 2)]  # up to 22 settings: colours alone repeat
         ax.plot(xs, ys, marker="o", label=label, **style)
     ax.set_xlabel("seconds of optimisation per image (mean)")
     ax.set_ylabel("judged fully right (%)")
@@ -120,7 +122,10 @@ def main():
                 flush=True,
             )
     print(markdown(table, firsts))
-    plot(table, args.out / "frontier.png")
+    try:
+        plot(table, args.out / "frontier.png")
+    except ImportError:
+        print("no plot: matplotlib is missing (pip install -e '.[bench]')")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ AUGMENTS = ("affine", "perspective", "jitter", "erasing", "flip", "sharpness")
 DEFAULT_AUGMENTS = ("affine", "perspective", "jitter", "erasing")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-INITS = ("tokens", "noise")
+INITS = ("tokens", "noise", "gradient", "pixels", "perlin")  # vqclip.inits draws the last three
+OPTIMIZERS = ("adam", "adamw", "radam", "nadam", "adamax", "adagrad", "rmsprop")  # vqclip.schedules
+LR_SCHEDULES = ("constant", "drop", "cosine")
+KEEPS = ("last", "best")
 MAX_SIDE = 8192  # pixels; far beyond any GPU today, catches typos like --size 51200
 
 
@@ -49,7 +52,7 @@ class GenerationConfig:
     cutn: int = 32  # cutouts per step fed to CLIP
     cut_pow: float = 1.0  # cutout size distribution: >1 favours small cutouts
     lr: float = 0.1  # Adam step size on the latent
-    init: str = "tokens"  # start from random codebook tokens or from an encoded noise image
+    init: str = "tokens"  # random codebook tokens, or an encoded noise, gradient, pixels or perlin image
     init_image: str | None = None  # start from this image (encoded), overrides `init`
     init_weight: float = 0.0  # pull the latent towards its initial value (0 = free)
     image_prompts: tuple[str, ...] = ()  # "PATH[:weight[:stop]]"
@@ -78,10 +81,23 @@ class GenerationConfig:
     zoom: float = 1.0  # animation: scale the image by this much after each frame (>1 zooms in)
     rotate: float = 0.0  # animation: degrees to rotate the image after each frame
     shift: tuple[float, float] = (0.0, 0.0)  # animation: pixels to shift (x, y) after each frame
+    optimizer: str = "adam"  # torch's optimiser on the latent (vqclip.schedules)
+    lr_schedule: str = "constant"  # constant, drop (pixray's: lr / 10 for the last quarter) or cosine
+    auto_stop: int = 0  # stop after this many steps without a lower guide loss (0 = off)
+    keep: str = "last"  # the latent kept: the last, or the best by the guide loss on fixed cutouts
+    tv: float = 0.0  # weight of the total variation (smoothness) loss
+    saturation: float = 0.0  # weight of the saturation loss (negative: towards grey)
+    symmetry: float = 0.0  # weight of the left-right mirror loss
+    palette: tuple[str, ...] = ()  # colour names or hex: pixels are pulled to the nearest one
+    palette_weight: float = 1.0  # weight of the palette loss (with palette)
+    regions: tuple[str, ...] = ()  # "X0,Y0,X1,Y1:PROMPT[:W[:STOP]]": prompts whose cutouts lie in a box
+    tile: bool = False  # seamless tiling: the image is rolled by a random offset before each step's cutouts
 
     def __post_init__(self):
-        if not self.prompt.strip() and not self.image_prompts and not self.noise_prompts:
-            raise UsageError("The prompt is empty: give a text prompt, an --image-prompt or a --noise-prompt.")
+        if not self.prompt.strip() and not self.image_prompts and not self.noise_prompts and not self.regions:
+            raise UsageError(
+                "The prompt is empty: give a text prompt, an --image-prompt, a --noise-prompt or a --region."
+            )
         if self.size is not None:
             w, h = self.size
             if min(w, h) < 8:
@@ -131,6 +147,27 @@ class GenerationConfig:
             raise UsageError("--max-memory must be positive.")
         if not self.clip:
             raise UsageError("At least one --clip model is needed.")
+        self._check_controls()
+
+    def _check_controls(self) -> None:
+        """The optimiser, schedule, extra losses, palette and regions (issue 26)."""
+        from vqclip.losses import parse_palette
+        from vqclip.regions import parse_region
+
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("keep", self.keep, KEEPS)
+        if self.auto_stop < 0:
+            raise UsageError(f"--auto-stop must be 0 (off) or a number of steps, not {self.auto_stop}.")
+        for name in ("tv", "symmetry", "palette_weight"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 0, not {getattr(self, name)}.")
+        if isinstance(self.palette, str) or isinstance(self.regions, str):
+            raise UsageError("palette and regions are tuples of strings, e.g. palette=('black', 'white').")
+        if self.palette and not parse_palette(self.palette):
+            raise UsageError("--palette names no colour.")
+        for region in self.regions:
+            parse_region(region)
 
     @property
     def animated(self) -> bool:
@@ -139,7 +176,7 @@ class GenerationConfig:
     @property
     def encodes_images(self) -> bool:
         """Whether the run needs the VQGAN's encoder: an init image, a noise init or animation frames."""
-        return self.init_image is not None or self.init == "noise" or self.animated
+        return self.init_image is not None or self.init != "tokens" or self.animated
 
     def with_seed(self) -> "GenerationConfig":
         """The config with its seed fixed (a random one when none was given), so that the file name, the
@@ -155,7 +192,7 @@ class GenerationConfig:
     def from_dict(cls, data: dict) -> "GenerationConfig":
         known = {f.name for f in fields(cls)}
         clean = {k: v for k, v in data.items() if k in known}
-        for key in ("image_prompts", "noise_prompts", "clip", "augment", "size", "shift"):
+        for key in ("image_prompts", "noise_prompts", "clip", "augment", "size", "shift", "palette", "regions"):
             if isinstance(clean.get(key), list):
                 clean[key] = tuple(clean[key])
         return cls(**clean)
@@ -172,6 +209,10 @@ FLOAT_FIELDS = (
     "zoom",
     "rotate",
     "shift",
+    "tv",
+    "saturation",
+    "symmetry",
+    "palette_weight",
 )
 
 

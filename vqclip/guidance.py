@@ -4,7 +4,7 @@ with its cutouts and its targets per story phase; image prompts are embedded fro
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -66,3 +66,13 @@ class Guide:
     clip: object  # vqclip.models.clip.ClipModel
     cutouts: torch.nn.Module  # vqclip.cutouts.Cutouts
     phases: list  # list[list[Target]]: targets of each phase (image/noise prompts in every phase)
+    regions: list = field(default_factory=list)  # list[RegionTargets]: --region prompts, in every phase
+
+
+@dataclass
+class RegionTargets:
+    """A region prompt as a guide sees it: its box in pixels (x0, y0, x1, y1) and its targets, whose
+    cutouts are drawn inside the box."""
+
+    box: tuple[int, int, int, int]
+    targets: list  # list[Target]

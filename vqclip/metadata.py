@@ -24,6 +24,7 @@ def record(result) -> dict:
         "inputs": result.inputs,  # resolved paths and sha256 of the input images
         "canvas": result.canvas,
         "upscale": result.upscale,
+        "tracker": result.tracker,  # --keep best / --auto-stop: the step kept (best_step), where it stopped
         # what decides the pixels (not the memory figures, which vary from run to run)
         "plan": {"checkpointing": plan.checkpointing, "clip_chunk": plan.clip_chunk} if plan is not None else None,
     }
@@ -51,11 +52,39 @@ def parameters(result) -> str:
         pairs.append(("Image prompts", ", ".join(Path(p).name for p in c.image_prompts)))
     if c.noise_prompts:
         pairs.append(("Noise prompts", ", ".join(c.noise_prompts)))
+    pairs += controls(c, result)
     if result.upscale:
         base = c.size
         pairs.append(("Upscale", f"x{result.upscale['factor']} from {base[0]}x{base[1]}"))
     pairs += [("Precision", result.precision), ("Version", f"vqclip {__version__}")]
     return f"{c.prompt}\n" + ", ".join(f"{k}: {v}" for k, v in pairs)
+
+
+def controls(c, result) -> list[tuple[str, object]]:
+    """The `parameters` pairs of the settings issue 26 added, where they differ from their defaults."""
+    pairs = []
+    if c.init not in ("tokens",):
+        pairs.append(("Init", c.init))
+    if c.optimizer != "adam":
+        pairs.append(("Optimizer", c.optimizer))
+    if c.lr_schedule != "constant":
+        pairs.append(("LR schedule", c.lr_schedule))
+    for key, label in (("tv", "TV"), ("saturation", "Saturation"), ("symmetry", "Symmetry")):
+        if getattr(c, key):
+            pairs.append((label, getattr(c, key)))
+    if c.palette:
+        pairs.append(("Palette", f"{' '.join(c.palette)} (weight {c.palette_weight})"))
+    if c.regions:
+        pairs.append(("Regions", " | ".join(c.regions)))
+    if c.tile:
+        pairs.append(("Tile", "on"))
+    tracker = result.tracker or {}
+    if c.auto_stop:
+        stopped = tracker.get("stopped_at")
+        pairs.append(("Auto stop", f"{c.auto_stop} (stopped at step {stopped})" if stopped else c.auto_stop))
+    if c.keep == "best":
+        pairs.append(("Kept", f"best, step {tracker.get('best_step')}"))
+    return pairs
 
 
 def read_record(path: str | Path) -> dict:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from vqclip.device import autocast as autocast_context
 from vqclip.guidance import Guide
+from vqclip.schedules import Tracker, lr_factor, make_optimizer
 
 
 class _ClampWithGrad(torch.autograd.Function):
@@ -64,7 +65,7 @@ class OptimStep:
 
     i: int  # steps done
     loss: float  # the total loss of this step (nan if an fp16 forward overflowed)
-    losses: tuple[float, ...]  # each target's loss, CLIP by CLIP, then the init pull if any
+    losses: tuple[float, ...]  # each target's loss, CLIP by CLIP (regions after), the init pull, the pixel losses
     phase: int  # the story phase of this step
     z: torch.Tensor  # the latent after the step (a detached copy)
     skipped: bool = False  # the gradient was not finite: z was left as it was (fp16: and the scale lowered)
@@ -114,6 +115,18 @@ def clip_losses(guide: Guide, targets: list, pixels, generator, chunk=None, amp=
     return totals
 
 
+def region_losses(guide: Guide, pixels, generator, chunk=None, amp=None, timer=None, scaler=None) -> list:
+    """Each region's losses, its cutouts drawn inside its box; the gradient is added into `pixels.grad`."""
+    out = []
+    for region in guide.regions:
+        x0, y0, x1, y1 = region.box
+        part = pixels.detach()[:, :, y0:y1, x0:x1].clone().requires_grad_(True)
+        out += clip_losses(guide, region.targets, part, generator, chunk, amp, timer, scaler)
+        if part.grad is not None:
+            pixels.grad[:, :, y0:y1, x0:x1] += part.grad
+    return out
+
+
 def optimize(
     vqgan,
     guides: list[Guide],
@@ -130,6 +143,11 @@ def optimize(
     timer=None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     transform_every: int = 0,
+    optimizer: str = "adam",
+    lr_schedule: str = "constant",
+    pixel_loss: Callable[[torch.Tensor], list] | None = None,
+    tile: bool = False,
+    tracker: Tracker | None = None,
 ) -> Iterator[OptimStep]:
     """Optimise z in place; yield an OptimStep after each step.
 
@@ -148,11 +166,16 @@ def optimize(
         checkpointing: recompute the decoder's blocks in the backward pass (bounds its activation memory).
         timer: optional `timer(stage)` context manager factory, for per-stage timings (benchmarks).
         transform: optional z -> z applied every `transform_every` steps (animation); Adam restarts.
+        optimizer: the optimiser's name (vqclip.schedules.OPTIMIZERS); lr_schedule: how lr changes over the steps.
+        pixel_loss: optional image -> [weighted losses] (vqclip.losses.PixelLosses), added to the step's loss.
+        tile: roll the image by a random offset (drawn from `generator`) before the global prompts' cutouts.
+        tracker: optional vqclip.schedules.Tracker: scores each step's image on fixed cutouts, keeps the best
+            latent, and ends the loop (before the step) once it says so (--auto-stop).
     """
     z_init = z.detach().clone()
     z_min, z_max = codebook_range(vqgan)
     z.requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
+    opt = make_optimizer(optimizer, [z], lr)
     amp = autocast_context(z.device, dtype)
     scaler = loss_scaler(z.device, dtype)
     timer = timer or untimed
@@ -163,20 +186,42 @@ def optimize(
         with timer("decoder"), amp:
             image = synth(vqgan, z, checkpointing)
         # 2. CLIP losses on the cutouts, back-propagated to the image (a leaf) chunk by chunk.
+        if tracker is not None:
+            with timer("tracker"), amp:
+                tracker.observe(i, phase, z, tracker.guide_loss(guides, phase, image.detach(), clip_chunk))
+            if tracker.should_stop(i):
+                tracker.stopped_at = i
+                return
         pixels = image.detach().requires_grad_(True)
+        pixels.grad = torch.zeros_like(pixels)
+        view, shift = pixels, (0, 0)
+        if tile:  # a random torus roll: the seams fall inside the cutouts, where CLIP sees them
+            shift = tuple(int(torch.randint(n, (), generator=generator)) for n in pixels.shape[2:])
+            view = pixels.detach().roll(shift, (2, 3)).requires_grad_(True)
         losses = []
         for guide in guides:
-            losses += clip_losses(guide, guide.phases[phase], pixels, generator, clip_chunk, amp, timer, scaler)
-        # 3. Back through the decoder once, plus the pull towards the initial latent.
+            losses += clip_losses(guide, guide.phases[phase], view, generator, clip_chunk, amp, timer, scaler)
+            losses += region_losses(guide, pixels, generator, clip_chunk, amp, timer, scaler)
+        if tile and view.grad is not None:
+            pixels.grad += view.grad.roll((-shift[0], -shift[1]), (2, 3))
+        # 3. Back through the decoder once, plus the pull towards the initial latent and the pixel losses.
         with timer("backward"):
+            if pixel_loss is not None:
+                extra = pixel_loss(pixels)
+                if extra:
+                    scaler.scale(torch.stack(extra).sum()).backward()
             image.backward(pixels.grad)
             if init_weight:
                 pull = F.mse_loss(z, z_init) * (init_weight / 2)
                 scaler.scale(pull).backward()
                 losses.append(pull.detach())
+            if pixel_loss is not None:
+                losses += [e.detach() for e in extra]
         # 4. Adam step, skipped when the gradient is not finite (fp16: the scaler also lowers its scale), so
         # z never takes a NaN; then keep z in the codebook's range.
         with timer("optimiser"):
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(lr_schedule, i, steps)
             if scaler.is_enabled():
                 scale = scaler.get_scale()
                 scaler.step(opt)
@@ -191,7 +236,7 @@ def optimize(
         if transform is not None and transform_every and (i + 1) % transform_every == 0 and i + 1 < steps:
             with torch.no_grad():
                 z.copy_(transform(z.detach()))
-            opt.state.clear()  # the moment estimates belonged to the old image
+            opt = make_optimizer(optimizer, [z], lr)  # the moment estimates belonged to the old image
         values = torch.stack(losses).tolist() if losses else []
         yield OptimStep(
             i + 1,
@@ -202,3 +247,7 @@ def optimize(
             skipped=skipped,
             scale=scaler.get_scale(),
         )
+    if tracker is not None and steps:  # the last step's latent is scored too
+        with torch.no_grad(), amp:
+            image = synth(vqgan, z, checkpointing)
+            tracker.observe(steps, phase_of(steps - 1), z, tracker.guide_loss(guides, phase_of(steps - 1), image))

@@ -2,7 +2,19 @@
 
 import click
 
-from vqclip.config import AUGMENTS, DEVICES, INITS, PRECISIONS, RESAMPLES, GenerationConfig, default, parse_size
+from vqclip.config import (
+    AUGMENTS,
+    DEVICES,
+    INITS,
+    KEEPS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PRECISIONS,
+    RESAMPLES,
+    GenerationConfig,
+    default,
+    parse_size,
+)
 from vqclip.errors import UsageError
 
 
@@ -33,6 +45,15 @@ def _shift(ctx, param, value):
     except ValueError:
         raise click.BadParameter(f"{value!r} should be X,Y in pixels, e.g. 2,0.") from None
     return (x, y)
+
+
+def _palette(ctx, param, value):
+    if value is None:
+        return default("palette")
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise click.BadParameter("names no colour (give names such as orange or hex such as #ff2200).")
+    return names
 
 
 def parse_bytes(ctx, param, value):
@@ -68,7 +89,16 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
         click.option("--cutn", default=d("cutn"), show_default=True, type=click.IntRange(1), help="Cutouts per step."),
         click.option("--cut-pow", default=d("cut_pow"), show_default=True, type=float, help="Cutout size power."),
         click.option("--lr", default=d("lr"), show_default=True, type=float, help="Adam learning rate."),
-        click.option("--init", type=click.Choice(INITS), default=d("init"), show_default=True, help="Initial latent."),
+        click.option(
+            "--init",
+            "-in",
+            "--init-noise",
+            "init",
+            type=click.Choice(INITS),
+            default=d("init"),
+            show_default=True,
+            help="Initial latent: random tokens, or an encoded noise, gradient, blocky pixels or Perlin image.",
+        ),
         click.option("--init-image", type=click.Path(dir_okay=False), help="Start from this image."),
         click.option(
             "--init-weight", default=d("init_weight"), show_default=True, type=float, help="Pull towards the start."
@@ -105,6 +135,68 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
             show_default=True,
             help="Cutout resize: exact area averaging, or the reference scripts' Lanczos then bicubic.",
         ),
+        click.option(
+            "--optimizer",
+            "-opt",
+            "--optimiser",
+            "optimizer",
+            type=click.Choice(OPTIMIZERS),
+            default=d("optimizer"),
+            show_default=True,
+            help="torch's optimiser on the latent.",
+        ),
+        click.option(
+            "--lr-schedule",
+            type=click.Choice(LR_SCHEDULES),
+            default=d("lr_schedule"),
+            show_default=True,
+            help="drop: the rate / 10 for the last quarter of the steps (pixray); cosine: down to 0.",
+        ),
+        click.option(
+            "--auto-stop",
+            default=d("auto_stop"),
+            show_default=True,
+            type=click.IntRange(0),
+            metavar="N",
+            help="Stop after N steps without a lower guide loss (0 = off); the PNG records where.",
+        ),
+        click.option(
+            "--keep",
+            type=click.Choice(KEEPS),
+            default=d("keep"),
+            show_default=True,
+            help="Keep the last image, or the best by the guiding CLIPs' loss on fixed cutouts.",
+        ),
+        click.option(
+            "--tv", "--smoothness", "tv", default=d("tv"), show_default=True, type=float, help="Smoothness weight."
+        ),
+        click.option(
+            "--saturation",
+            default=d("saturation"),
+            show_default=True,
+            type=float,
+            help="Saturation weight (negative: towards grey).",
+        ),
+        click.option(
+            "--symmetry", default=d("symmetry"), show_default=True, type=float, help="Left-right mirror weight."
+        ),
+        click.option(
+            "--palette",
+            callback=_palette,
+            metavar="COLOURS",
+            help='Pull pixels to these colours: names or hex, e.g. "black,white,#ff2200".',
+        ),
+        click.option(
+            "--palette-weight", default=d("palette_weight"), show_default=True, type=float, help="Palette weight."
+        ),
+        click.option(
+            "--region",
+            "regions",
+            multiple=True,
+            metavar="X0,Y0,X1,Y1:PROMPT[:W[:STOP]]",
+            help="A prompt whose cutouts lie in this box (fractions of the canvas); repeatable.",
+        ),
+        click.option("--tile", is_flag=True, help="Seamless tiling: a random torus roll before each step's cutouts."),
         click.option("--device", type=click.Choice(DEVICES), default=d("device"), show_default=True),
         click.option(
             "--precision",
@@ -194,7 +286,8 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
 CONFIG_FIELDS = (
     "size steps seed cutn cut_pow lr init init_image init_weight image_prompts noise_prompts "
     "change_prompt_every vqgan vqgan_config clip augment noise_fac resample device precision max_memory frames_every "
-    "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps upscale compile deterministic"
+    "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps upscale compile deterministic "
+    "optimizer lr_schedule auto_stop keep tv saturation symmetry palette palette_weight regions tile"
 ).split()
 
 

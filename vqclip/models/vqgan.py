@@ -87,8 +87,8 @@ def _needs_lean_backward(x: torch.Tensor) -> bool:
 
 def frozen_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x), keeping only the weight for the backward pass when the weight is frozen."""
-    if _needs_lean_backward(x) and not conv.weight.requires_grad:
-        return _FrozenConv2d.apply(x, conv)
+    if _needs_lean_backward(x) and not conv.weight.requires_grad and conv.padding_mode == "zeros":
+        return _FrozenConv2d.apply(x, conv)  # (its backward assumes zero padding; --tile pads circularly)
     return conv(x)
 
 

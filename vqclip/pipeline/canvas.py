@@ -73,7 +73,7 @@ def run_canvas(
         progress=sliding_progress,
     )
     kept = float((idx == idx_up).float().mean())
-    z, loss, done = vqgan.embed(idx).float(), base.loss, base.steps_done
+    z, loss, done, tracked = vqgan.embed(idx).float(), base.loss, base.steps_done, base.tracker
     # 4. Optionally refine with CLIP at the full size (the plan turns checkpointing on as needed).
     if cfg.refine_steps:
         refine_cfg = replace(cfg, transformer=None, steps=cfg.refine_steps)
@@ -89,7 +89,7 @@ def run_canvas(
             on_step=on_step,
             stop_after=stop_after,
         )
-        z, loss, done = refined.z, refined.loss, refined.steps_done
+        z, loss, done, tracked = refined.z, refined.loss, refined.steps_done, refined.tracker
     record = {
         "base_size": list(base_cfg.size),
         "class": job.canvas_class[0] if job.canvas_class else None,
@@ -97,4 +97,4 @@ def run_canvas(
         "kept_fraction": round(kept, 4),
         "gpt_calls": calls["n"],
     }
-    return StageResult(z, loss, done, record)
+    return StageResult(z, loss, done, record, tracked)

@@ -11,10 +11,13 @@ from vqclip.animation import latent_transform
 from vqclip.device import autocast
 from vqclip.errors import stop_if_signalled
 from vqclip.events import Progress, ProgressFn, Step, ignore
-from vqclip.guidance import Guide, Target, embed_image_prompt
+from vqclip.guidance import Guide, RegionTargets, Target, embed_image_prompt
 from vqclip.images import fit, to_pil, to_tensor
+from vqclip.losses import PixelLosses
 from vqclip.optimize import decode_image, optimize
 from vqclip.prompts import phase_at
+from vqclip.schedules import Tracker
+from vqclip.tiling import circular
 
 StepFn = Callable[[Step], None]
 
@@ -28,21 +31,27 @@ class StageResult:
     loss: float
     steps_done: int
     canvas: dict | None = None
+    tracker: dict | None = None  # --keep best / --auto-stop: the step kept, where the run stopped, the guide losses
 
 
-def decode(models, z: torch.Tensor):
-    """A latent as a PIL image, decoded in fp32 whatever the run's precision (the pixels that are kept)."""
-    return to_pil(decode_image(models.vqgan, z))
+def decode(models, z: torch.Tensor, tile: bool = False):
+    """A latent as a PIL image, decoded in fp32 whatever the run's precision (the pixels that are kept);
+    `tile`: with the decoder padding circularly, as a tiled run decodes (vqclip.tiling)."""
+    with circular(models.vqgan, tile):
+        return to_pil(decode_image(models.vqgan, z))
 
 
-def build_guides(models, texts, request, size: tuple[int, int], generator: torch.Generator) -> list[Guide]:
+def build_guides(
+    models, texts, request, size: tuple[int, int], generator: torch.Generator, region_texts=()
+) -> list[Guide]:
     """Each CLIP with its cutouts and its prompt targets per story phase: the job's text embeddings, plus the
-    image and noise prompts in every phase (image prompts are embedded from cutouts at this `size`)."""
+    image and noise prompts in every phase (image prompts are embedded from cutouts at this `size`), and the
+    region prompts with their boxes in pixels of this `size`."""
     from vqclip.cutouts import Cutouts
 
     cfg = request.cfg
     out = []
-    for clip, per_clip in zip(models.clips, texts, strict=True):
+    for k, (clip, per_clip) in enumerate(zip(models.clips, texts, strict=True)):
         cut = Cutouts(clip.input_size, cfg.cutn, cfg.cut_pow, cfg.augment, cfg.noise_fac, resample=cfg.resample)
         extra = []
         for p in request.image_prompts:
@@ -57,12 +66,17 @@ def build_guides(models, texts, request, size: tuple[int, int], generator: torch
             [Target(e, p.weight, p.stop) for e, p in zip(embeds, phase, strict=True)] + extra
             for embeds, phase in zip(per_clip, phases, strict=True)
         ]
-        out.append(Guide(clip, cut, per_phase))
+        regions = [
+            RegionTargets(r.pixels(*size), [Target(e, r.prompt.weight, r.prompt.stop)])
+            for r, e in zip(request.regions, region_texts[k] if region_texts else (), strict=True)
+        ]
+        out.append(Guide(clip, cut, per_phase, regions))
     return out
 
 
 def initial_latent(models, request, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """The starting latent: an encoded init image or noise image, or random codebook tokens."""
+    """The starting latent: an encoded init image, noise image or other pixel init (vqclip.inits), or random
+    codebook tokens."""
     vqgan = models.vqgan
     f = vqgan.factor
     w, h = size
@@ -71,6 +85,10 @@ def initial_latent(models, request, size: tuple[int, int], generator: torch.Gene
             pixels = to_tensor(fit(request.init_image.image, w, h)).to(models.device)
         elif request.cfg.init == "noise":
             pixels = torch.rand(1, 3, h, w, generator=generator).to(models.device)
+        elif request.cfg.init != "tokens":
+            from vqclip.inits import init_pixels
+
+            pixels = init_pixels(request.cfg.init, h, w, f, generator).to(models.device)
         else:
             idx = torch.randint(vqgan.config.n_embed, (1, h // f, w // f), generator=generator)
             return vqgan.embed(idx.to(models.device)).float()
@@ -96,8 +114,12 @@ def optimise(
     steps of earlier stages), and the loop ends after step `stop_after` of the whole run."""
     generator = torch.Generator().manual_seed(cfg.seed)
     z = z.clone().float() if z is not None else initial_latent(models, job.request, cfg.size, generator)
-    guides = build_guides(models, job.texts, job.request, cfg.size, generator)
+    guides = build_guides(models, job.texts, job.request, cfg.size, generator, job.region_texts)
     n_phases = len(guides[0].phases)
+    pixel_loss = PixelLosses(
+        cfg.tv, cfg.saturation, cfg.symmetry, job.request.palette, cfg.palette_weight, wrap=cfg.tile
+    )
+    tracker = Tracker(cfg.seed, cfg.keep == "best", cfg.auto_stop) if cfg.keep == "best" or cfg.auto_stop else None
     loop = optimize(
         models.vqgan,
         guides,
@@ -112,7 +134,18 @@ def optimise(
         checkpointing=plan.checkpointing,
         transform=latent_transform(models.vqgan, cfg.zoom, cfg.rotate, cfg.shift) if cfg.animated else None,
         transform_every=cfg.frames_every,
+        optimizer=cfg.optimizer,
+        lr_schedule=cfg.lr_schedule,
+        pixel_loss=pixel_loss if pixel_loss else None,
+        tile=cfg.tile,
+        tracker=tracker,
     )
+    with circular(models.vqgan, cfg.tile):
+        return _follow(loop, job, models, cfg, z, tracker, stage, first, progress, on_step, stop_after)
+
+
+def _follow(loop, job, models, cfg, z, tracker, stage, first, progress, on_step, stop_after) -> StageResult:
+    """Run the loop, reporting each step; the stage's result."""
     loss, done = float("nan"), first
     if stop_after is not None and stop_after <= first:
         return StageResult(z.detach(), loss, done)
@@ -120,11 +153,16 @@ def optimise(
         stop_if_signalled()  # a signal whose exception was lost on its way up still ends the run here
         loss, done = state.loss, first + state.i
         if on_step is not None:  # first: a step that was reported is a step that is kept
-            image = lambda latent=state.z: decode(models, latent)  # noqa: E731
+            image = lambda latent=state.z: decode(models, latent, cfg.tile)  # noqa: E731
             on_step(Step(done, job.total_steps, loss, list(state.losses), state.phase, stage, state.z, image))
         progress(Progress("optimize", state.i, cfg.steps, stage=stage, loss=loss, phase=state.phase))
         if done == stop_after:
             break
+    else:
+        if tracker is not None:
+            if tracker.keep_best and tracker.best_z is not None:
+                z = tracker.best_z
+            return StageResult(z.detach(), loss, done, tracker=tracker.record())
     return StageResult(z.detach(), loss, done)
 
 

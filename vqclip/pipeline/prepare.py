@@ -24,6 +24,7 @@ class Job:
     base_plan: Plan | None = None
     canvas_class: tuple[int, str] | None = None  # a class-conditional GPT's class, chosen by CLIP
     stop_after: int | None = None  # end after this many steps (replaying an interrupted run)
+    region_texts: tuple = ()  # per CLIP: the (D,) embedding of each --region's prompt
 
     @property
     def total_steps(self) -> int:
@@ -46,7 +47,7 @@ def check_models(request: Request, models) -> None:
     cfg = request.cfg
     if request.encodes_images and not models.vqgan.has_encoder:
         raise UsageError(
-            "These models were loaded without the VQGAN's encoder, which init images, init='noise' and animation need.",
+            "These models were loaded without the VQGAN's encoder, which init images, pixel inits (noise, gradient, pixels, perlin) and animation need.",
             "Load them with vqclip.load_models(cfg) (encoder=True, the default).",
         )
     if bool(cfg.transformer) != (models.gpt is not None):
@@ -86,6 +87,12 @@ def encode_story(models, request: Request) -> tuple:
     )
 
 
+def encode_regions(models, request: Request) -> tuple:
+    """Per CLIP, the (D,) embedding of each region's prompt."""
+    texts = [r.prompt.text for r in request.regions]
+    return tuple(tuple(models.encode_texts(i, texts)) for i in range(len(models.clips))) if texts else ()
+
+
 def prepare(request: Request, models, plan: Plan | None = None, stop_after: int | None = None) -> Job:
     """Fit a validated request to loaded models, once: size, prompt embeddings, memory plan, notes. `plan`
     overrides the plan and `stop_after` ends the run early (a replay of an interrupted run)."""
@@ -120,4 +127,5 @@ def prepare(request: Request, models, plan: Plan | None = None, stop_after: int 
                 f"Memory plan: about {p.estimate / 2**30:.1f} of {p.budget / 2**30:.1f} GiB, with decoder "
                 f"checkpointing {'on' if p.checkpointing else 'off'} and CLIP chunks of {p.clip_chunk}."
             )
-    return Job(request, cfg, plan, texts, tuple(notes), base, base_plan, chosen, stop_after)
+    regions = encode_regions(models, request)
+    return Job(request, cfg, plan, texts, tuple(notes), base, base_plan, chosen, stop_after, regions)

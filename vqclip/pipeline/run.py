@@ -35,12 +35,16 @@ class Result:
     upscale: dict | None = None  # the upscaler, factor and tile size (--upscale)
     path: object = None  # where the PNG was written (vqclip.pipeline.write), a Path
     video: object = None  # where the --video was written (vqclip.pipeline.write), a Path
+    tracker: dict | None = None  # --keep best / --auto-stop: the step kept, where it stopped, the guide losses
 
 
-def make_result(job: Job, models: Models, z, loss: float, steps_done: int, seconds: float = 0.0, canvas=None) -> Result:
-    """The one way a Result is made: a finished run's, or the latest image of an interrupted one."""
+def make_result(
+    job: Job, models: Models, z, loss: float, steps_done: int, seconds: float = 0.0, canvas=None, tracker=None
+) -> Result:
+    """The one way a Result is made: a finished run's (one that --auto-stop ended early is finished too), or
+    the latest image of an interrupted one."""
     return Result(
-        decode(models, z),
+        decode(models, z, job.cfg.tile),
         job.cfg,
         loss,
         seconds,
@@ -50,9 +54,10 @@ def make_result(job: Job, models: Models, z, loss: float, steps_done: int, secon
         models.precision,
         job.plan,
         z,
-        complete=steps_done >= job.total_steps,
+        complete=steps_done >= job.total_steps or (tracker or {}).get("stopped_at") is not None,
         inputs=job.request.inputs,
         canvas=canvas,
+        tracker=tracker,
     )
 
 
@@ -67,7 +72,8 @@ def run(job: Job, models: Models, *, progress: ProgressFn = ignore, on_step: Ste
     start = time.perf_counter()
     try:
         out = stage(job, models, progress=progress, on_step=on_step, stop_after=job.stop_after)
-        return make_result(job, models, out.z, out.loss, out.steps_done, time.perf_counter() - start, out.canvas)
+        seconds = time.perf_counter() - start
+        return make_result(job, models, out.z, out.loss, out.steps_done, seconds, out.canvas, out.tracker)
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
         raise out_of_memory(job.cfg) from err
 

@@ -51,11 +51,13 @@ class Request:
     vqgan: object  # vqclip.weights.registry.ModelSource: the VQGAN, or the transformer's checkpoint
     clips: tuple  # a vqclip.weights.clip.ClipSource per --clip
     upscaler: object = None  # a ModelSource when the config upscales
+    regions: tuple = ()  # the parsed --region prompts (vqclip.regions.Region)
+    palette: tuple = ()  # the --palette colours as RGB tuples (0..255)
 
     @property
     def encodes_images(self) -> bool:
         """Whether the run needs the VQGAN's encoder: an init image, a noise init or animation frames."""
-        return self.init_image is not None or self.cfg.init == "noise" or self.cfg.animated
+        return self.init_image is not None or self.cfg.init != "tokens" or self.cfg.animated
 
     @property
     def inputs(self) -> dict | None:
@@ -66,13 +68,17 @@ class Request:
     @property
     def texts(self) -> list[str]:
         """Every text prompt of the story, once each, in order (what the CLIP text towers encode)."""
-        return list(dict.fromkeys(p.text for phase in self.story for p in phase))
+        return list(
+            dict.fromkeys([p.text for phase in self.story for p in phase] + [r.prompt.text for r in self.regions])
+        )
 
     @property
     def name_stem(self) -> str:
         """What a default file name is made of: the first text prompt, else the first image prompt's name."""
         if self.story:
             return self.story[0][0].text
+        if self.regions:
+            return self.regions[0].prompt.text
         return Path(self.image_prompts[0].path).stem if self.image_prompts else "noise"
 
 
@@ -185,7 +191,19 @@ def validate(cfg: GenerationConfig) -> Request:
         init_image=init.path if init else None,
         image_prompts=tuple(_with_path(item, i.path) for item, i in zip(cfg.image_prompts, image_prompts, strict=True)),
     )
-    return Request(cfg, story, image_prompts, noise_prompts, init, vqgan, clips, upscaler)
+    regions, palette = _controls(cfg)
+    return Request(cfg, story, image_prompts, noise_prompts, init, vqgan, clips, upscaler, regions, palette)
+
+
+def _controls(cfg: GenerationConfig) -> tuple[tuple, tuple]:
+    """The parsed --region prompts and --palette colours (the config checked them when it was built)."""
+    from vqclip.losses import parse_palette
+    from vqclip.regions import parse_region
+
+    regions = tuple(parse_region(item) for item in cfg.regions)
+    for region in regions:
+        check_text(region.prompt.text, "A region's prompt")
+    return regions, parse_palette(cfg.palette)
 
 
 # ---- outputs (the CLI's) ------------------------------------------------------------------------

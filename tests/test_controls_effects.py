@@ -1,0 +1,143 @@
+"""What issue 26's controls do to the picture, measured in the shapes world with the shipped models (VQGAN
+shapes_f8, CLIP A guiding, the independent judge): each test compares runs that differ only in the control,
+over a few seeds, and fails when the control is disabled in the code (each was broken once on purpose; the
+break and what the test then saw are in each docstring). Small runs (96 px, 16 cutouts, 40 steps, fp32) so
+the file stays within about a minute on two cores; every figure below was measured on a loaded 2-core Intel
+Xeon (family 6 model 167), one thread.
+
+"Judged right" is the judge's colour and background: at 40 steps the shape is not yet reliable (the quality
+suite's shape accuracy is 25 % at 50 steps), colour and background are.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from vqclip import generate
+from vqclip.config import GenerationConfig
+from vqclip.losses import mirror_error, palette_fraction, parse_palette, seam_error, total_variation
+from vqclip.pipeline.load import load_models
+from vqclip.shapes import CLIP_A, VQGAN
+from vqclip.shapes.judge import judge, load_judge
+
+BASE = GenerationConfig(
+    "an orange circle on a black background",
+    vqgan=VQGAN,
+    clip=(CLIP_A,),
+    size=(96, 96),
+    steps=40,
+    cutn=16,
+    precision="fp32",
+)
+SEEDS = (1, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def the_judge():
+    return load_judge()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_models(BASE)
+
+
+@pytest.fixture(scope="module")
+def plain(models):
+    """The runs without any control, per seed."""
+    return {s: generate(replace(BASE, seed=s), models=models).image for s in SEEDS}
+
+
+def right(image, the_judge, colour="orange", background="black") -> bool:
+    v = judge(image, the_judge)[0]
+    return v.colour == colour and v.background == background
+
+
+def with_control(models, seeds=SEEDS, **settings):
+    return {s: generate(replace(BASE, seed=s, **settings), models=models).image for s in seeds}
+
+
+def test_symmetry_halves_the_mirror_error_and_keeps_the_prompt(models, plain, the_judge):
+    """--symmetry 2: the mirror error falls to at most half in every seed (measured 0.213 -> 0.034,
+    0.266 -> 0.035, 0.229 -> 0.043: a sixth to a fifth, so the margin is 2.6x) and the judge calls the
+    prompt right as often (3 of 3 both). Broken (the symmetry loss not added to the step): the mirror
+    error stays the plain run's and the test fails."""
+    mirrored = with_control(models, symmetry=2.0)
+    for s in SEEDS:
+        assert mirror_error(mirrored[s]) <= 0.5 * mirror_error(plain[s]), s
+    assert sum(right(mirrored[s], the_judge) for s in SEEDS) >= sum(right(plain[s], the_judge) for s in SEEDS)
+
+
+def test_tv_smooths_by_a_third_and_keeps_the_prompt(models, plain, the_judge):
+    """--tv 20: total variation falls by at least a third in every seed (measured 0.069 -> 0.025,
+    0.052 -> 0.025, 0.054 -> 0.021: to 0.37-0.49 of it, against the 0.67 asked) and the judge calls the prompt
+    right as often (3 of 3 both). Broken (the tv term dropped): total variation unchanged, the test fails."""
+    smooth = with_control(models, tv=20.0)
+    for s in SEEDS:
+        assert total_variation(smooth[s]) <= (2 / 3) * total_variation(plain[s]), s
+    assert sum(right(smooth[s], the_judge) for s in SEEDS) >= sum(right(plain[s], the_judge) for s in SEEDS)
+
+
+PALETTE = ("black", "white", "orange")
+
+
+@pytest.mark.xfail(strict=True, reason="the VQGAN draws orange lighter than PIL's orange; see the docstring")
+def test_palette_puts_nine_pixels_in_ten_near_a_palette_colour(models, plain, the_judge):
+    """--palette black,white,orange: at least 90 % of the pixels within 0.25 (RGB in 0..1) of a palette
+    colour, where the plain runs have 82 % and 86 % (seeds 1, 2). NOT MET, so marked xfail (strict: it
+    fails loudly once it passes): measured with --palette-weight 10, 83 % and 89 %; seed 1 with weight
+    100, 86 %, with weight 400, 81 %: the loss works (the image turns to orange and white patches, the
+    black drops out), but the orange this VQGAN draws is lighter than PIL's (255, 165, 0) by more than 0.25.
+    Broken (the palette term dropped): the plain runs' 82 % and 86 %."""
+    colours = parse_palette(",".join(PALETTE))
+    paletted = with_control(models, seeds=SEEDS[:2], palette=PALETTE, palette_weight=10.0)
+    for s in SEEDS[:2]:
+        assert palette_fraction(plain[s], colours) < 0.9
+        assert palette_fraction(paletted[s], colours) >= 0.9, (s, palette_fraction(paletted[s], colours))
+        assert right(paletted[s], the_judge)
+
+
+def test_tile_closes_the_seams(models, plain):
+    """--tile: the seam error (last column against the first, last row against the first, mean absolute
+    difference) within the image's own neighbouring-column differences: no larger than the largest between
+    two neighbouring columns or rows inside it (measured 0.066 against 0.109 on seed 1, a margin of 1.6x),
+    where the plain run's seam is 3x its largest inside edge (0.250 against 0.083). Broken (the roll alone,
+    the decoder padding with zeros): the seam 0.278, the inside's mean edge 0.034, the test fails."""
+    tiled = with_control(models, seeds=SEEDS[:1], tile=True)[1]
+    seam, inner = seam_error(tiled)
+    plain_seam, plain_inner = seam_error(plain[1])
+    assert plain_seam > 2 * plain_inner
+    assert seam <= inner, (seam, inner)
+
+
+def test_regions_put_each_colour_in_its_own_half(models, the_judge):
+    """No global prompt, "a red circle" in the left half and "a blue square" in the right half: the judge,
+    run on each half, finds red on the left and blue on the right in at least 2 of 3 seeds (measured 2 of 3:
+    seeds 1 and 2; seed 3 draws purple on the left). Broken (the regions' cutouts drawn from the whole
+    image): green on both halves in seeds 1 and 2, 0 of 3, the test fails."""
+    cfg = replace(BASE, prompt="", regions=("0,0,0.5,1:a red circle", "0.5,0,1,1:a blue square"))
+    both = 0
+    for s in SEEDS:
+        image = generate(replace(cfg, seed=s), models=models).image
+        w, h = image.size
+        left, right_half = judge([image.crop((0, 0, w // 2, h)), image.crop((w // 2, 0, w, h))], the_judge)
+        both += left.colour == "red" and right_half.colour == "blue"
+    assert both >= 2, both
+
+
+def test_keep_best_and_auto_stop_on_a_run_whose_loss_rises(models):
+    """lr 2.0 (twenty times the default): the guide loss on the fixed cutouts is lowest at step 20 (0.617) and
+    higher after (0.669 at step 25, measured on seed 1). --keep best keeps the latent of the best step, whose
+    guide loss is lower than the last step's; --auto-stop 5 ends the run 5 steps after it, long before the
+    60 steps, and the record says where. Broken (keep best returning the last latent): the kept latent is the
+    last step's, not the best's; auto-stop not stopping: 60 steps done; either fails the test."""
+    seen = {}
+    cfg = replace(BASE, seed=1, lr=2.0, steps=60, keep="best", auto_stop=5)
+    result = generate(cfg, models=models, callback=lambda step: seen.setdefault(step.i, step.z))
+    t = result.tracker
+    assert t.get("stopped_at") == result.steps_done < 60 and result.complete, t
+    assert t["best_guide_loss"] < t["guide_loss"] and t["best_step"] == t["stopped_at"] - 5, t
+    best = seen.get(t["best_step"])
+    assert best is not None and torch.equal(result.latent, best), t
+    assert not torch.equal(result.latent, seen[result.steps_done])
