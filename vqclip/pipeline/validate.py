@@ -9,7 +9,6 @@ input images, model names, and the places outputs go. Nothing here imports torch
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -224,12 +223,14 @@ def check_writable(directory: Path) -> None:
 
 
 def check_video(video: str | None) -> None:
-    """--video needs ffmpeg on the PATH and a folder it can write to."""
+    """--video needs an ffmpeg (the system's, or imageio-ffmpeg's: vqclip.ffmpeg) and a folder it can write to."""
+    from vqclip.ffmpeg import ffmpeg_exe
+
     if video is None:
         return
-    if shutil.which("ffmpeg") is None:
+    if ffmpeg_exe() is None:
         raise UsageError(
-            "--video needs ffmpeg, which is not installed.",
+            "--video needs ffmpeg, which is not installed (neither on the PATH nor from imageio-ffmpeg).",
             "Install ffmpeg, or pipe the frames yourself: vqclip ... --frames - | ffmpeg -f image2pipe -i - out.mp4",
         )
     path = Path(video).expanduser()
@@ -260,5 +261,4 @@ def check_outputs(out) -> None:
     """The CLI's outputs (a vqclip.output.OutputOptions): the PNG's folder, the video, the frames folder."""
     check_writable(out.path.parent)
     check_video(out.video)
-    if not out.video:  # with --video the frames go to ffmpeg only
-        check_frames(out.frames if isinstance(out.frames, str | Path) else None, out.overwrite)
+    check_frames(out.frames if isinstance(out.frames, str | Path) else None, out.overwrite)  # with --video too

@@ -1,0 +1,103 @@
+"""Issue 31, what a new user meets: the install, the examples after `make`, --video without a system ffmpeg,
+--frames with --video, the README's Python block, replay's thread count, and the smaller messages."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, tiny_args
+
+
+@pytest.fixture(scope="module")
+def f16(fixtures):
+    return str(fixtures / "vqgan_tiny_f16.ckpt")
+
+
+@pytest.fixture
+def no_system_ffmpeg(tmp_path, monkeypatch):
+    """A PATH without any ffmpeg (nor vqclip), as on a fresh machine: a few shell tools only."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    for tool in ("sh", "bash", "env", "dirname", "mktemp", "cat", "rm"):  # what the examples use
+        found = shutil.which(tool)
+        if found:
+            (bare / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bare))
+    assert shutil.which("ffmpeg") is None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _frames_of(video: Path, ffmpeg: str) -> int:
+    r = subprocess.run(
+        [ffmpeg, "-loglevel", "error", "-i", str(video), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True,
+        check=True,
+    )
+    return len(r.stdout) // (64 * 64 * 3)
+
+
+def test_video_uses_imageio_ffmpeg_when_no_ffmpeg_is_on_the_path(f16, tiny_clip, tmp_path, vq, no_system_ffmpeg):
+    r = vq("a cat", *tiny_args(f16, tiny_clip), "--steps", "3", "--video", "v.mp4", "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "needs ffmpeg" not in r.stderr.decode()
+    assert r.stdout.decode().splitlines()[-1] == "v.mp4"
+    assert _frames_of(tmp_path / "v.mp4", no_system_ffmpeg) == 3
+
+
+def test_video_without_any_ffmpeg_is_one_sentence_and_exit_2(tmp_path, vq, no_system_ffmpeg, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # not installed either
+    r = vq("a cat", "--video", "v.mp4", "--offline", cwd=tmp_path)
+    assert r.returncode == 2 and "--video needs ffmpeg" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_frames_folder_and_video_are_both_written(f16, tiny_clip, tmp_path, vq, ffmpeg):
+    args = tiny_args(f16, tiny_clip)
+    r = vq(
+        "a cat", *args, "--steps", "4", "--frames", "fr", "--frames-every", "2", "--video", "v.mp4", "-q", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    frames = sorted((tmp_path / "fr").glob("frame-*.png"))
+    assert [f.name for f in frames] == ["frame-00001.png", "frame-00002.png"]
+    assert Image.open(frames[0]).size == (64, 64)
+    assert _frames_of(tmp_path / "v.mp4", ffmpeg) == 2
+    # the folder is checked with --video too: one that holds frames is refused before any model loads
+    r = vq("a cat", *args, "--steps", "4", "--frames", "fr", "--video", "w.mp4", cwd=tmp_path)
+    assert r.returncode == 2 and "already holds frames" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_examples_run_after_make_with_no_vqclip_and_no_ffmpeg_on_the_path(tmp_path, no_system_ffmpeg):
+    """A checkout after `make`: vqclip only in .venv/bin (not on the PATH, no VQCLIP=), no system ffmpeg.
+    Every example runs as written, with the shapes models (offline)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "examples", repo / "examples")
+    venv_bin = repo / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    for name, module in (("vqclip", "-m vqclip"), ("python", "")):
+        (venv_bin / name).write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} {module} "$@"\n')
+        (venv_bin / name).chmod(0o755)
+    env = {**os.environ, "VQCLIP_OFFLINE": "1"}
+    env.pop("VQCLIP", None)
+    shapes = ["--vqgan", "shapes_f8", "--clip", "shapes-a", "--size", "64", "--cutn", "2", "--steps", "3"]
+
+    def example(script, *args):
+        return subprocess.run(["bash", repo / "examples" / script, *args], env=env, capture_output=True, cwd=tmp_path)
+
+    r = example("batch.sh", repo / "examples/prompts.txt", tmp_path / "out", *shapes)
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    r = example("zoom.sh", "a red star", tmp_path / "z", *shapes, "--frames-every", "1")
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(list((tmp_path / "z").glob("frame-*.png"))) == 3
+    r = example("to_video.sh", "a red star", tmp_path / "v.mp4", *shapes)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == str(tmp_path / "v.mp4") and (tmp_path / "v.mp4").stat().st_size > 0
+    # no .venv either: one sentence saying what to do, exit 127 (as a shell's "command not found")
+    shutil.rmtree(repo / ".venv")
+    r = example("batch.sh", repo / "examples/prompts.txt", tmp_path / "out2")
+    assert r.returncode == 127 and b"vqclip is not installed: run make" in r.stderr, r.stderr.decode()
