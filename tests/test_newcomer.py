@@ -101,3 +101,31 @@ def test_examples_run_after_make_with_no_vqclip_and_no_ffmpeg_on_the_path(tmp_pa
     shutil.rmtree(repo / ".venv")
     r = example("batch.sh", repo / "examples/prompts.txt", tmp_path / "out2")
     assert r.returncode == 127 and b"vqclip is not installed: run make" in r.stderr, r.stderr.decode()
+
+
+def test_replay_uses_the_recorded_thread_count_and_says_so(f16, tiny_clip, tmp_path, vq):
+    import torch
+
+    from vqclip.metadata import read_record
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        r = vq("a cat", *tiny_args(f16, tiny_clip), "--steps", "3", "--seed", "4", "-o", "a.png", "-q", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr.decode()
+        assert read_record(tmp_path / "a.png")["threads"] == 2
+        torch.set_num_threads(1)
+        r = vq("replay", "a.png", "-o", "b.png", "--progress", "none", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr.decode()
+        assert "Replaying with 2 CPU threads as recorded (this process had 1)" in r.stderr.decode()
+        assert r.stdout.decode().strip() == "b.png"
+        assert read_record(tmp_path / "b.png")["threads"] == 2  # it ran with 2
+        assert torch.get_num_threads() == 1  # and gave the caller's count back
+        a, b = (Image.open(tmp_path / n).convert("RGB").tobytes() for n in ("a.png", "b.png"))
+        assert a == b
+        # the same count: no line
+        torch.set_num_threads(2)
+        r = vq("replay", "a.png", "-o", "c.png", "--progress", "none", cwd=tmp_path)
+        assert r.returncode == 0 and "Replaying with" not in r.stderr.decode(), r.stderr.decode()
+    finally:
+        torch.set_num_threads(before)

@@ -2,6 +2,7 @@
 write (vqclip.pipeline), printing the notes and the output path."""
 
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,7 +128,33 @@ def replay(image, output, overwrite, offline, quiet, progress):
         cfg = replace(cfg, upscale=record["upscale"]["factor"])
     out = output if output is not None else str(Path(image))
     mode = "none" if quiet else progress
-    run_command(cfg, out, overwrite, 0, None, None, offline, mode, stop_after=stop_after, inputs=record.get("inputs"))
+    with recorded_threads(record.get("threads"), quiet):
+        run_command(
+            cfg, out, overwrite, 0, None, None, offline, mode, stop_after=stop_after, inputs=record.get("inputs")
+        )
+
+
+@contextmanager
+def recorded_threads(threads, quiet: bool):
+    """Replay with the CPU thread count the image was made with: matrix sums are split by thread, so another
+    count gives other pixels (up to 217 levels apart). Said in one line on stderr when it differs."""
+    import torch
+
+    now = torch.get_num_threads()
+    if not isinstance(threads, int) or threads < 1 or threads == now:
+        yield
+        return
+    if not quiet:
+        click.echo(
+            f"Replaying with {threads} CPU thread{'s' if threads > 1 else ''} as recorded (this process had {now}): "
+            "another count gives other pixels.",
+            err=True,
+        )
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(now)
 
 
 def check_inputs_exist(inputs: dict) -> None:
