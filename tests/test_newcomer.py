@@ -129,3 +129,13 @@ def test_replay_uses_the_recorded_thread_count_and_says_so(f16, tiny_clip, tmp_p
         assert r.returncode == 0 and "Replaying with" not in r.stderr.decode(), r.stderr.decode()
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_models_without_network_point_to_the_shapes_world(tmp_path, vq):
+    r = vq("a cat", "--offline", cwd=tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == 3 and "is not in the cache" in err, err
+    assert "No network? `make demo`, or --vqgan shapes_f8 --clip shapes-a --size 128, runs offline" in err
+    # and that line does what it says, offline
+    r = vq("a cat", "--vqgan", "shapes_f8", "--clip", "shapes-a", "--size", "64", "--steps", "1", "--offline", "-q")
+    assert r.returncode == 0, r.stderr.decode()

@@ -75,10 +75,22 @@ def run_command(
 
 def load(request, offline: bool, reporter: Reporter, **keep):
     """The models of a validated request; `keep` says what they hold (vqclip.pipeline.load.load_models)."""
+    from vqclip.errors import DownloadError, OfflineError
     from vqclip.pipeline.load import load_models
 
     reporter.message("Loading models ...")
-    return load_models(request, offline or None, reporter, **keep)
+    try:
+        return load_models(request, offline or None, reporter, **keep)
+    except (OfflineError, DownloadError) as err:
+        if isinstance(err, OfflineError) or "network" in err.causes:  # no network, not a bad file
+            err.hint = f"{err.hint}\n{NO_NETWORK}" if err.hint else NO_NETWORK
+        raise
+
+
+NO_NETWORK = (
+    "No network? `make demo`, or --vqgan shapes_f8 --clip shapes-a --size 128, runs offline: "
+    "the shapes world's small models ship inside vqclip."
+)
 
 
 @cli.command()
