@@ -139,3 +139,103 @@ def test_default_models_without_network_point_to_the_shapes_world(tmp_path, vq):
     # and that line does what it says, offline
     r = vq("a cat", "--vqgan", "shapes_f8", "--clip", "shapes-a", "--size", "64", "--steps", "1", "--offline", "-q")
     assert r.returncode == 0, r.stderr.decode()
+
+
+# ---- vqclip models -------------------------------------------------------------------------------
+
+
+def test_models_list_fits_100_columns_has_every_size_and_imports_neither_torch_nor_open_clip(tmp_path):
+    code = (
+        "import sys\nfrom vqclip.cli import main\n"
+        "try:\n    main(['models', 'list'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = [m for m in ('torch', 'open_clip') if m in sys.modules]\n"
+        "assert not heavy, f'models list imported {heavy}'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    lines = r.stdout.decode().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 100, "\n".join(lines)
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line[:1].strip()}
+    assert rows["ViT-B-32/openai"][2:4] == ["~605", "MB"]
+    assert rows["vqgan_imagenet_f16_1024"][2:4] == ["~958", "MB"]
+    assert rows["cin_transformer"][2:4] == ["≥5.6", "GB"]
+    assert rows["shapes_f8"][2:5] == ["4.5", "MB", "verified"]
+    assert not [name for name, row in rows.items() if row[2] == "?"]
+
+
+def test_models_list_json_says_which_sizes_are_exact(vq):
+    import json
+
+    r = vq("models", "list", "--json")
+    rows = {row["name"]: row for row in map(json.loads, r.stdout.decode().splitlines())}
+    assert rows["vqgan_imagenet_f16_16384"]["size"] == 980_092_370 and rows["vqgan_imagenet_f16_16384"]["size_exact"]
+    assert rows["ViT-B-32/openai"]["size"] == 605_000_000 and rows["ViT-B-32/openai"]["size_exact"] is False
+    assert all(row["size"] for row in rows.values())
+
+
+def test_registry_hub_ids_are_open_clips():
+    """`models list` reads the CLIP Hub repos from the registry so as not to import open_clip: they must be
+    the ones open_clip downloads."""
+    import open_clip
+
+    from vqclip.weights.registry import list_specs
+
+    for spec in list_specs("clip"):
+        if spec.clip_tag:
+            assert spec.clip_hub == open_clip.get_pretrained_cfg(spec.clip_arch, spec.clip_tag)["hf_hub"], spec.name
+
+
+def test_verify_a_shipped_model_checks_its_files(vq, tmp_path, monkeypatch):
+    r = vq("models", "verify", "shapes_f8")
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "Nothing to verify" not in r.stderr.decode()
+    assert out.startswith("ok       ") and "shapes_f8.ckpt" in out and "shapes_f8.yaml" in out
+    # a damaged copy is reported (and not removed: it is not a download)
+    from vqclip.weights import pretrained
+
+    shipped = Path(pretrained.PRETRAINED["shapes_f8"].path).parent
+    copy = tmp_path / "weights"
+    shutil.copytree(shipped, copy)
+    with open(copy / "shapes_f8.ckpt", "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    from dataclasses import replace
+
+    spec = pretrained.PRETRAINED["shapes_f8"]
+    moved = replace(spec, path=str(copy / "shapes_f8.ckpt"), local_config=str(copy / "shapes_f8.yaml"))
+    monkeypatch.setitem(pretrained.PRETRAINED, "shapes_f8", moved)
+    r = vq("models", "verify", "shapes_f8")
+    assert r.returncode == 1 and f"corrupt  {copy / 'shapes_f8.ckpt'} (its sha256 differs" in r.stdout.decode()
+    assert (copy / "shapes_f8.ckpt").exists()
+    listed = vq("models", "list", "--json", "--kind", "vqgan").stdout.decode()
+    assert '"name": "shapes_f8", "kind": "vqgan", "size": 4' in listed and '"verified": false' in listed
+
+
+def test_models_download_offline(vq, isolated):
+    r = vq("models", "download", "vqgan_imagenet_f16_16384", "--offline", "-q")
+    assert r.returncode == 3 and "the network is off (--offline)" in r.stderr.decode(), r.stderr.decode()
+    r = vq("models", "download", "ViT-B-32/openai", "--offline", "-q")
+    assert r.returncode == 3 and "the network is off (--offline)" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_download_bar_shows_megabytes_not_bytes():
+    import io
+
+    from rich.console import Console
+
+    from vqclip.cli.progress import Reporter
+    from vqclip.events import Progress
+
+    reporter = Reporter("bar")
+    reporter.console = Console(file=io.StringIO(), force_terminal=True, width=150)
+    with reporter:
+        reporter(Progress("download", 12_345_678, 980_092_370, unit="byte", stage="vqgan (model.ckpt)"))
+        reporter.progress.refresh()
+        reporter(Progress("download", 1_200_000_000, 4_263_525_412, unit="byte", stage="sflckr (model.ckpt)"))
+        reporter.progress.refresh()
+    text = reporter.console.file.getvalue()
+    assert "12.3/980.1 MB" in text and "1.20/4.26 GB" in text, text
+    assert "12345678" not in text and "980092370" not in text
