@@ -239,3 +239,43 @@ def test_download_bar_shows_megabytes_not_bytes():
     text = reporter.console.file.getvalue()
     assert "12.3/980.1 MB" in text and "1.20/4.26 GB" in text, text
     assert "12345678" not in text and "980092370" not in text
+
+
+# ---- signals and pipes ---------------------------------------------------------------------------
+
+
+def _long_run(f16, tiny_clip, tmp_path, *extra, stdout=subprocess.PIPE):
+    import json
+
+    cmd = [sys.executable, "-m", "vqclip", "a cat", *tiny_args(f16, tiny_clip), "--steps", "100000"]
+    cmd += ["--progress", "json", "-o", str(tmp_path / "cat.png"), *extra]
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT)
+    for line in proc.stderr:  # wait until a few steps are done
+        if line.startswith(b"{") and json.loads(line).get("step") == 2:
+            break
+    return proc
+
+
+@pytest.mark.parametrize("signame, code, said", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+def test_an_interruption_is_said_plainly_not_as_an_error(f16, tiny_clip, tmp_path, signame, code, said):
+    import signal
+
+    proc = _long_run(f16, tiny_clip, tmp_path)
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == code, err
+    partial = tmp_path / "cat.partial.png"
+    assert err.splitlines()[-1].startswith(f"Interrupted ({said}) after") and str(partial) in err
+    assert "Error" not in err, err
+
+
+def test_a_closed_frame_pipe_names_the_partial_png_on_stderr(f16, tiny_clip, tmp_path):
+    proc = _long_run(f16, tiny_clip, tmp_path, "--frames", "-")
+    assert proc.stdout.read(8) == b"\x89PNG\r\n\x1a\n"  # the frames stream
+    proc.stdout.close()  # the reader goes away (`| head -c 8`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    partial = tmp_path / "cat.partial.png"
+    assert f"The frame pipe was closed; the latest image is in {partial}." in err and partial.is_file()
+    assert "Error" not in err
