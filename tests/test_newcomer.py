@@ -279,3 +279,24 @@ def test_a_closed_frame_pipe_names_the_partial_png_on_stderr(f16, tiny_clip, tmp
     partial = tmp_path / "cat.partial.png"
     assert f"The frame pipe was closed; the latest image is in {partial}." in err and partial.is_file()
     assert "Error" not in err
+
+
+@pytest.mark.parametrize("command", [["a cat"], ["batch", "p.txt"]])
+def test_a_missing_gpu_is_refused_before_any_model_loads(f16, tiny_clip, tmp_path, vq, monkeypatch, command):
+    import torch
+
+    import vqclip.weights.loading as loading
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for name in dir(loading):
+        if name.startswith("load_") and callable(getattr(loading, name)):
+            monkeypatch.setattr(loading, name, no_loading)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    r = vq(*command, *tiny_args(f16, tiny_clip), "--device", "cuda", cwd=tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "--device cuda was asked for, but no CUDA device is available." in err, err
+    assert "Loading models" not in err and "a model was loaded" not in err

@@ -189,11 +189,21 @@ def _models(cfg: GenerationConfig):
     return vqgan, clips, upscaler
 
 
+def check_device(device: str) -> None:
+    """--device cuda or mps that this machine lacks: one sentence before any model loads (torch is imported
+    only for those two; auto and cpu need nothing)."""
+    if device in ("cuda", "mps"):
+        from vqclip.device import resolve_device
+
+        resolve_device(device)
+
+
 def validate(cfg: GenerationConfig) -> Request:
     """Everything about a run that can be checked without loading a model, resolved once: the seed fixed
     (a random one when none was given), the prompts parsed, the input images read and hashed, the model
     names resolved."""
     cfg = cfg.with_seed()
+    check_device(cfg.device)
     story = _story(cfg)
     image_prompts = tuple(_image_prompt(item) for item in cfg.image_prompts)
     noise_prompts = tuple(_noise_prompt(item) for item in cfg.noise_prompts)
