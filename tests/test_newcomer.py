@@ -300,3 +300,19 @@ def test_a_missing_gpu_is_refused_before_any_model_loads(f16, tiny_clip, tmp_pat
     err = r.stderr.decode()
     assert r.returncode == 2 and "--device cuda was asked for, but no CUDA device is available." in err, err
     assert "Loading models" not in err and "a model was loaded" not in err
+
+
+def test_skip_existing_prints_the_skipped_paths_like_done_ones(f16, tiny_clip, tmp_path, vq):
+    (tmp_path / "p.txt").write_text("a cat\na dog\n")
+    args = ["batch", "p.txt", *tiny_args(f16, tiny_clip), "--steps", "2", "--outdir", "out", "--skip-existing"]
+    first = vq(*args, "--progress", "none", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    paths = first.stdout.decode().splitlines()
+    assert len(paths) == 2 and all((tmp_path / p).is_file() for p in paths)
+    (tmp_path / paths[1]).unlink()
+    again = vq(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()
+    assert sorted(again.stdout.decode().splitlines()) == sorted(paths)  # the skipped one and the redone one
+    assert f"Line 1: skipped, {paths[0]} is already there." in again.stderr.decode()
+    quiet = vq(*args, "-q", cwd=tmp_path)
+    assert sorted(quiet.stdout.decode().splitlines()) == sorted(paths) and quiet.stderr == b""

@@ -62,6 +62,10 @@ def _run(items, template, options, offline, reporter):
     def on_error(line: int, err: UsageError) -> None:
         reporter.message(f"Line {line}: {err.message} (skipped)")
 
+    def on_skipped(line: int, path: Path) -> None:  # its path on stdout like a done image's, the why on stderr
+        reporter.message(f"Line {line}: skipped, {path} is already there.")
+        reporter.output(str(path))
+
     return run_batch(
         items,
         template,
@@ -70,6 +74,7 @@ def _run(items, template, options, offline, reporter):
         progress=reporter,
         on_saved=lambda path: reporter.output(str(path)),
         on_error=on_error,
+        on_skipped=on_skipped,
     )
 
 

@@ -131,6 +131,7 @@ def run_batch(
     progress: ProgressFn = ignore,
     on_saved: Callable[[Path], None] = lambda path: None,
     on_error: Callable[[int, VqclipError], None] = lambda line, err: None,
+    on_skipped: Callable[[int, Path], None] = lambda line, path: None,
 ) -> BatchSummary:
     """Generate one image per prompt with the models loaded once (by `load(request)`, on the first image that
     runs). Each line is validated, prepared and written like a single image; its seed comes from the batch
@@ -162,6 +163,7 @@ def run_batch(
             path = options.outdir / image_name(item.line, request)
             if options.skip_existing and path.exists():
                 summary.skipped += 1
+                on_skipped(item.line, path)  # still one of the batch's images
                 continue
             models = models or load(request)
             result = write(prepare(request, models), models, OutputOptions(path, options.overwrite), progress=progress)
