@@ -316,3 +316,25 @@ def test_skip_existing_prints_the_skipped_paths_like_done_ones(f16, tiny_clip, t
     assert f"Line 1: skipped, {paths[0]} is already there." in again.stderr.decode()
     quiet = vq(*args, "-q", cwd=tmp_path)
     assert sorted(quiet.stdout.decode().splitlines()) == sorted(paths) and quiet.stderr == b""
+
+
+def test_generate_help_has_examples_that_parse(vq):
+    import shlex
+
+    from vqclip.cli.generate import GENERATE_EXAMPLES, generate
+
+    r = vq("generate", "--help")
+    assert r.returncode == 0 and "Examples:" in r.stdout.decode()
+    examples = [line.split("#")[0].strip() for line in GENERATE_EXAMPLES.splitlines() if "vqclip " in line]
+    assert len(examples) == 5 and all(e in r.stdout.decode() for e in examples)
+    for example in examples:
+        generate.make_context("generate", shlex.split(example)[1:])  # every option exists and its value parses
+
+
+def test_bench_with_random_weights_prints_no_open_clip_warning(tmp_path):
+    args = ["bench", "--vqgan", "shapes_f8", "--clip", "RN50", "--size", "64", "--cutn", "2", "--steps", "1"]
+    args += ["--random-weights", "--no-isolate", "--json", "--threads", "1"]
+    r = subprocess.run([sys.executable, "-m", "vqclip", *args], capture_output=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"WARNING" not in r.stderr and b"No pretrained weights" not in r.stderr, r.stderr.decode()
+    assert b'"weights": "random"' in r.stdout

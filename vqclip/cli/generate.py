@@ -93,7 +93,18 @@ NO_NETWORK = (
 )
 
 
-@cli.command()
+GENERATE_EXAMPLES = """Examples:
+
+\b
+  vqclip "city during a rainy night" --size 512
+  vqclip "a lighthouse at dusk:1 | fog:0.5" --size 640x360 --seed 7
+  vqclip "dawn ^ noon ^ dusk" --steps 300 --frames frames/ --video story.mp4
+  vqclip "portrait" --init-image me.jpg --init-weight 0.5
+  vqclip "a red star on a white background" --vqgan shapes_f8 --clip shapes-a --size 128   # offline
+"""
+
+
+@cli.command(epilog=GENERATE_EXAMPLES)
 @click.argument("prompt", required=False, default="")
 @click.option(
     "-p", "--prompts", "prompt_option", metavar="PROMPT", help="The prompt, as the reference scripts take it."
