@@ -338,3 +338,28 @@ def test_bench_with_random_weights_prints_no_open_clip_warning(tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     assert b"WARNING" not in r.stderr and b"No pretrained weights" not in r.stderr, r.stderr.decode()
     assert b'"weights": "random"' in r.stdout
+
+
+def test_the_readme_python_blocks_run_as_written(tmp_path, monkeypatch):
+    """The two Python blocks of README.md's "Python" section, run in order with the shapes world's models
+    (offline, small) in place of the default ones; nothing else is changed."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    code = "\n".join(blocks)
+    for old, new in [
+        ("size=(384, 384), steps=200", 'size=(64, 64), steps=2, cutn=2, vqgan="shapes_f8", clip=("shapes-a",)'),
+        ('vqclip.load_vqgan("vqgan_imagenet_f16_16384")', 'vqclip.load_vqgan("shapes_f8")'),
+    ]:
+        assert old in code, old
+        code = code.replace(old, new)
+    assert "cfg.upscale =" not in code  # configs are frozen: the README says replace(cfg, upscale=4)
+    code = "import torch\nx = torch.rand(1, 3, 64, 64) * 2 - 1  # the README's image x\n" + code
+    code += "\nassert replace(cfg, upscale=4).upscale == 4\nassert x_rec.shape == x.shape\n"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VQCLIP_OFFLINE", "1")
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a fox.png", "a lynx.png", "lighthouse.png"]
