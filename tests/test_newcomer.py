@@ -363,3 +363,14 @@ def test_the_readme_python_blocks_run_as_written(tmp_path, monkeypatch):
     monkeypatch.setenv("VQCLIP_OFFLINE", "1")
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a fox.png", "a lynx.png", "lighthouse.png"]
+
+
+def test_shell_completion_works_as_the_readme_says(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    assert 'eval "$(_VQCLIP_COMPLETE=bash_source vqclip)"' in readme
+    env = {**os.environ, "_VQCLIP_COMPLETE": "bash_source"}
+    r = subprocess.run([sys.executable, "-m", "vqclip"], capture_output=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and b"_vqclip_completion()" in r.stdout, r.stderr.decode()
+    env = {**os.environ, "_VQCLIP_COMPLETE": "bash_complete", "COMP_WORDS": "vqclip models l", "COMP_CWORD": "2"}
+    r = subprocess.run([sys.executable, "-m", "vqclip"], capture_output=True, env=env, cwd=ROOT, timeout=60)
+    assert r.stdout.decode().split() == ["plain,list"], r.stdout.decode()
