@@ -374,3 +374,14 @@ def test_shell_completion_works_as_the_readme_says(tmp_path):
     env = {**os.environ, "_VQCLIP_COMPLETE": "bash_complete", "COMP_WORDS": "vqclip models l", "COMP_CWORD": "2"}
     r = subprocess.run([sys.executable, "-m", "vqclip"], capture_output=True, env=env, cwd=ROOT, timeout=60)
     assert r.stdout.decode().split() == ["plain,list"], r.stdout.decode()
+
+
+def test_the_project_builds_without_setuptools_warnings(tmp_path):
+    """What `pip install -e .` runs (setuptools' editable build, here without pip or an install): the
+    pyproject must not make setuptools warn (a license table, a flat-layout editable finder)."""
+    pytest.importorskip("setuptools")
+    code = f"from setuptools import build_meta\nbuild_meta.build_editable({str(tmp_path)!r})\n"
+    r = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, cwd=ROOT, timeout=300)
+    output = (r.stdout + r.stderr).decode()
+    assert r.returncode == 0, output
+    assert "Warning" not in output and "deprecated" not in output, output
