@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= city during a rainy night
-# CPU only? `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU build of torch first,
-# without the 4.3 GB of CUDA libraries and triton that the default wheel brings.
+# CPU only? `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU builds of torch and
+# torchvision (spandrel needs it; from the same index, so pip keeps the CPU torch) first,
+# without the 4.3 GB of CUDA libraries and triton that the default wheels bring.
 TORCH_INDEX ?=
 
 .PHONY: install run demo test lint format bench clean
@@ -13,7 +14,7 @@ TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet torch --index-url $(TORCH_INDEX))
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet torch torchvision --index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
