@@ -4,12 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= city during a rainy night
+# CPU only? `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU builds of torch and
+# torchvision (spandrel needs it; from the same index, so pip keeps the CPU torch) first,
+# without the 4.3 GB of CUDA libraries and triton that the default wheels bring.
+TORCH_INDEX ?=
 
 .PHONY: install run demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet torch torchvision --index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

@@ -43,7 +43,8 @@ def test_batch_manifest_and_skip_existing(tmp_path, models, vq):
 
     again = vq("batch", tmp_path / "p.txt", "--outdir", out, "--steps", "2", "--skip-existing", *models)
     assert again.returncode == 0
-    assert again.stdout == b"" and b"Loading models" not in again.stderr  # no work at all
+    assert b"Loading models" not in again.stderr  # no work at all
+    assert again.stdout.decode().splitlines() == [row["path"] for row in rows]  # each image's path, as when done
     assert b"Skipped 3 prompts whose image is already there." in again.stderr
     assert len(_manifest(out)) == 3
 

@@ -289,6 +289,7 @@ def test_unusable_requests_fail_before_any_weights_are_read(tmp_path, vq, monkey
     if "--device" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no ffmpeg, whatever this machine has
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # nor imageio-ffmpeg's
     r = vq(*args, "--offline", cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr.decode(), r.stderr.decode()
     assert "not in the cache" not in r.stderr.decode()  # nothing was looked up

@@ -35,7 +35,7 @@ def random_models(cfg: GenerationConfig, shapes_only: bool = False) -> Models:
     from vqclip.errors import UsageError
     from vqclip.models.clip import wrap_clip
     from vqclip.models.vqgan import VQGAN
-    from vqclip.weights.clip import parse_clip_name
+    from vqclip.weights.clip import _root_logging_held, parse_clip_name
     from vqclip.weights.loading import read_yaml, vqgan_config
     from vqclip.weights.registry import get_spec
 
@@ -53,8 +53,10 @@ def random_models(cfg: GenerationConfig, shapes_only: bool = False) -> Models:
     clips = []
     for name in cfg.clip:
         arch = parse_clip_name(name).arch
-        model = open_clip.create_model(arch, device=home).eval().requires_grad_(False)
-        clips.append(wrap_clip(name, model, open_clip.get_tokenizer(arch), None).to(home))
+        with _root_logging_held():  # open_clip's "WARNING:root:No pretrained weights loaded": random on purpose
+            model = open_clip.create_model(arch, device=home).eval().requires_grad_(False)
+            tokenizer = open_clip.get_tokenizer(arch)
+        clips.append(wrap_clip(name, model, tokenizer, None).to(home))
     dtype = resolve_precision(cfg.precision, device)
     if not cfg.encodes_images:
         vqgan.drop_encoder()

@@ -10,6 +10,8 @@ from vqclip.errors import UsageError
 
 def record(result) -> dict:
     """The `vqclip` PNG metadata: every setting, the seed, the models, what ran, and the version."""
+    import torch
+
     plan = result.plan
     return {
         "version": __version__,
@@ -18,6 +20,7 @@ def record(result) -> dict:
         "models": result.model_names,
         "device": result.device,  # as resolved: the device and the precision that ran
         "precision": result.precision,
+        "threads": torch.get_num_threads(),  # CPU sums are split by thread: `vqclip replay` uses the same count
         "loss": result.loss,
         "steps_done": result.steps_done,
         "complete": result.complete,

@@ -278,26 +278,33 @@ def existing_frames(folder: Path) -> list[Path]:
     return sorted(Path(folder).expanduser().glob("frame-[0-9]*.png"))
 
 
+class VideoPipeBroken(BrokenPipeError):
+    """ffmpeg (--video) stopped reading the frames."""
+
+
 class FrameSink:
-    """Frames as PNGs: a binary stream (stdout, for `ffmpeg -f image2pipe -i -`), numbered files in a
-    folder, or the stdin of an ffmpeg process (--video). ffmpeg writes to a temporary file beside the
-    video, which takes the video's name (or the first free one, as the PNG does) only once it is complete."""
+    """Frames as PNGs: a binary stream (stdout, for `ffmpeg -f image2pipe -i -`) or numbered files in a
+    folder, and/or the stdin of an ffmpeg process (--video): with both, each frame goes to both. ffmpeg
+    writes to a temporary file beside the video, which takes the video's name (or the first free one, as
+    the PNG does) only once it is complete."""
 
     def __init__(self, target, video: str | None = None, fps: int = 30, overwrite: bool = False):
         self.count = 0
         self.dir = None
+        self.stream = None
         self.proc = None
         self.video, self.overwrite = (Path(video).expanduser() if video is not None else None), overwrite
         if self.video is not None:
-            import shutil
             import subprocess
+
+            from vqclip.ffmpeg import ffmpeg_exe
 
             self.video.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(self.video.parent)
             # held (locked) by this process while ffmpeg writes it (ffmpeg -y truncates the same file)
             self.tmp_fd, self.tmp = new_temp(self.video.parent, f"-{self.video.name}")
             cmd = [
-                shutil.which("ffmpeg") or "ffmpeg",  # its presence is checked by vqclip.pipeline.validate.check_video
+                ffmpeg_exe() or "ffmpeg",  # its presence is checked by vqclip.pipeline.validate.check_video
                 "-loglevel",
                 "error",
                 "-y",
@@ -318,10 +325,9 @@ class FrameSink:
             except BaseException:
                 release(self.tmp_fd, self.tmp)
                 raise
-            self.stream = self.proc.stdin
-        elif hasattr(target, "write"):
+        if hasattr(target, "write"):
             self.stream = target
-        else:
+        elif target is not None:
             self.dir = Path(target).expanduser()
             self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -329,9 +335,15 @@ class FrameSink:
         self.count += 1
         if self.dir is not None:
             save_png(image, self.dir / f"frame-{self.count:05d}.png", overwrite=True)
-            return
-        image.save(self.stream, format="PNG")
-        self.stream.flush()
+        if self.stream is not None:
+            image.save(self.stream, format="PNG")
+            self.stream.flush()
+        if self.proc is not None:
+            try:
+                image.save(self.proc.stdin, format="PNG")
+                self.proc.stdin.flush()
+            except BrokenPipeError as err:
+                raise VideoPipeBroken(*err.args) from err
 
     def close(self, abort: bool = False) -> Path | None:
         """Finish the video and return where it went; `abort` (an interrupted run) discards it."""

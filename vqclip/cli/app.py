@@ -133,15 +133,21 @@ def _run(argv, debug: bool) -> None:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         sys.exit(ExitCode.INTERRUPTED)
-    except (FramePipeClosed, BrokenPipeError):  # `| head`: the reader has what it wanted
+    except (FramePipeClosed, BrokenPipeError) as err:  # `| head`: the reader has what it wanted
         _silence_stdout()
+        saved = getattr(err, "saved", None)
+        if saved is not None:  # stdout is gone: stderr names what was kept
+            print(f"The frame pipe was closed; the latest image is in {saved}.", file=sys.stderr, flush=True)
         sys.exit(ExitCode.OK)
     except VqclipError as err:
         if debug and not isinstance(err, Interrupted):
             raise
         if err.saved is not None and not STDOUT["taken"]:
             print(err.saved, flush=True)  # what was kept is still the command's output
-        _fail(err.message, err.hint)
+        if isinstance(err, Interrupted):  # the user's own doing, not an error: said plainly
+            print(err.message, file=sys.stderr, flush=True)
+        else:
+            _fail(err.message, err.hint)
         sys.exit(err.exit_code)
     except Exception as err:
         if debug:

@@ -31,11 +31,12 @@ def batch(prompts, outdir, skip_existing, shard, overwrite, offline, quiet, prog
     the manifest and skipped; the batch exits 1 at the end if any line failed.
     """
     from vqclip.pipeline.batch import BatchOptions, decode_prompts, local_rank, read_prompts, resolve_shard, shard_items
-    from vqclip.pipeline.validate import check_writable
+    from vqclip.pipeline.validate import check_device, check_writable
 
     items = read_prompts(decode_prompts(_read_bytes(prompts), "stdin" if prompts == "-" else prompts))
     shard_k_n = resolve_shard(shard)
     template = build_config("batch", params)  # the batch seed defaults to 0 in run_batch
+    check_device(template.device)  # before any prompt or model
     outdir = Path(outdir).expanduser()
     check_writable(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +62,10 @@ def _run(items, template, options, offline, reporter):
     def on_error(line: int, err: UsageError) -> None:
         reporter.message(f"Line {line}: {err.message} (skipped)")
 
+    def on_skipped(line: int, path: Path) -> None:  # its path on stdout like a done image's, the why on stderr
+        reporter.message(f"Line {line}: skipped, {path} is already there.")
+        reporter.output(str(path))
+
     return run_batch(
         items,
         template,
@@ -69,6 +74,7 @@ def _run(items, template, options, offline, reporter):
         progress=reporter,
         on_saved=lambda path: reporter.output(str(path)),
         on_error=on_error,
+        on_skipped=on_skipped,
     )
 
 

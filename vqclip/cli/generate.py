@@ -2,6 +2,7 @@
 write (vqclip.pipeline), printing the notes and the output path."""
 
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,13 +85,36 @@ def run_command(
 
 def load(request, offline: bool, reporter: Reporter, **keep):
     """The models of a validated request; `keep` says what they hold (vqclip.pipeline.load.load_models)."""
+    from vqclip.errors import DownloadError, OfflineError
     from vqclip.pipeline.load import load_models
 
     reporter.message("Loading models ...")
-    return load_models(request, offline or None, reporter, **keep)
+    try:
+        return load_models(request, offline or None, reporter, **keep)
+    except (OfflineError, DownloadError) as err:
+        if isinstance(err, OfflineError) or "network" in err.causes:  # no network, not a bad file
+            err.hint = f"{err.hint}\n{NO_NETWORK}" if err.hint else NO_NETWORK
+        raise
 
 
-@cli.command()
+NO_NETWORK = (
+    "No network? `make demo`, or --vqgan shapes_f8 --clip shapes-a --size 128, runs offline: "
+    "the shapes world's small models ship inside vqclip."
+)
+
+
+GENERATE_EXAMPLES = """Examples:
+
+\b
+  vqclip "city during a rainy night" --size 512
+  vqclip "a lighthouse at dusk:1 | fog:0.5" --size 640x360 --seed 7
+  vqclip "dawn ^ noon ^ dusk" --steps 300 --frames frames/ --video story.mp4
+  vqclip "portrait" --init-image me.jpg --init-weight 0.5
+  vqclip "a red star on a white background" --vqgan shapes_f8 --clip shapes-a --size 128   # offline
+"""
+
+
+@cli.command(epilog=GENERATE_EXAMPLES)
 @click.argument("prompt", required=False, default="")
 @click.option(
     "-p", "--prompts", "prompt_option", metavar="PROMPT", help="The prompt, as the reference scripts take it."
@@ -137,7 +161,33 @@ def replay(image, output, overwrite, offline, quiet, progress):
         cfg = replace(cfg, upscale=record["upscale"]["factor"])
     out = output if output is not None else str(Path(image))
     mode = "none" if quiet else progress
-    run_command(cfg, out, overwrite, 0, None, None, offline, mode, stop_after=stop_after, inputs=record.get("inputs"))
+    with recorded_threads(record.get("threads"), quiet):
+        run_command(
+            cfg, out, overwrite, 0, None, None, offline, mode, stop_after=stop_after, inputs=record.get("inputs")
+        )
+
+
+@contextmanager
+def recorded_threads(threads, quiet: bool):
+    """Replay with the CPU thread count the image was made with: matrix sums are split by thread, so another
+    count gives other pixels (up to 217 levels apart). Said in one line on stderr when it differs."""
+    import torch
+
+    now = torch.get_num_threads()
+    if not isinstance(threads, int) or threads < 1 or threads == now:
+        yield
+        return
+    if not quiet:
+        click.echo(
+            f"Replaying with {threads} CPU thread{'s' if threads > 1 else ''} as recorded (this process had {now}): "
+            "another count gives other pixels.",
+            err=True,
+        )
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(now)
 
 
 def check_inputs_exist(inputs: dict) -> None:

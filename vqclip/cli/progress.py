@@ -28,13 +28,13 @@ class Reporter:
 
     def __enter__(self):
         if self.mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bars
 
             self.progress = Bars(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                TextColumn("{task.fields[amount]}"),  # 12/300, or 12.3/980.1 MB for a download
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[loss]}"),
@@ -86,7 +86,7 @@ class Reporter:
             if event.job != "batch":
                 self._drop_bars(keep="batch")  # a new stage or job: the last one's bar goes
             label = {"batch": "batch", "optimize": event.stage or "generating"}.get(event.job, event.stage or event.job)
-            task = self.progress.add_task(label[:40], total=event.total, rate="", loss="")
+            task = self.progress.add_task(label[:40], total=event.total, rate="", loss="", amount="")
             self.tasks[key] = (task, time.perf_counter(), event.done)  # the rate counts from here
         return self.tasks[key]
 
@@ -94,17 +94,19 @@ class Reporter:
         task, start, first = self._task(event)
         if event.job == "batch":  # a new image starts: its step bars start afresh
             self._drop_bars(keep="batch")
-            self.progress.update(task, completed=event.done, total=event.total)
+            self.progress.update(task, completed=event.done, total=event.total, amount=amount(event))
             return
         elapsed = time.perf_counter() - start
         rate = (event.done - first) / elapsed if event.done > first and elapsed else 0.0
         if event.unit == "byte":
-            rate_text = f"{rate / 2**20:.1f} MB/s" if rate else ""
+            rate_text = f"{rate / 1e6:.1f} MB/s" if rate else ""
         else:
             unit = UNITS.get(event.unit, event.unit)
             rate_text = f"{rate:.2f} {unit}/s" if rate >= 1 else f"{1 / rate:.2f} s/{unit}" if rate else ""
         loss = f"loss {event.loss:.4f}" if event.loss is not None else ""
-        self.progress.update(task, completed=event.done, total=event.total, rate=rate_text, loss=loss)
+        self.progress.update(
+            task, completed=event.done, total=event.total, rate=rate_text, loss=loss, amount=amount(event)
+        )
 
     def _drop_bars(self, keep: str) -> None:
         for key in [k for k in self.tasks if k[0] != keep]:
@@ -126,3 +128,12 @@ class Reporter:
         if event.total and event.done:
             record["eta"] = round(elapsed / event.done * (event.total - event.done), 3)
         print(json.dumps(record), file=sys.stderr, flush=True)
+
+
+def amount(event: Progress) -> str:
+    """How far a job is, for the bar: "12/300", or in MB or GB for bytes ("12.3/980.1 MB", "1.20/4.26 GB")."""
+    if event.unit != "byte":
+        return f"{event.done}/{event.total}" if event.total is not None else str(event.done)
+    scale, unit, digits = (1e9, "GB", 2) if (event.total or event.done) >= 1e9 else (1e6, "MB", 1)
+    done = f"{event.done / scale:.{digits}f}"
+    return f"{done}/{event.total / scale:.{digits}f} {unit}" if event.total else f"{done} {unit}"

@@ -176,6 +176,7 @@ def run_batch(
     progress: ProgressFn = ignore,
     on_saved: Callable[[Path], None] = lambda path: None,
     on_error: Callable[[int, VqclipError], None] = lambda line, err: None,
+    on_skipped: Callable[[int, Path], None] = lambda line, path: None,
 ) -> BatchSummary:
     """Generate one image per prompt with the models loaded once (by `load(request)`, on the first image that
     runs). Each line is validated, prepared and written like a single image; its seed comes from the batch
@@ -210,6 +211,7 @@ def run_batch(
             if done is not None:
                 summary.skipped += 1
                 settle(done, entry, summary.manifest, OutputOptions(path).partial_path)
+                on_skipped(item.line, done)  # still one of the batch's images
                 continue
             models = models or load(request)
             result = write(prepare(request, models), models, OutputOptions(path, options.overwrite), progress=progress)

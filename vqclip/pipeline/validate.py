@@ -8,7 +8,6 @@ input images, model names, and the places outputs go. Nothing here imports torch
 """
 
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,11 +173,21 @@ def _models(cfg: GenerationConfig):
     return vqgan, clips, upscaler
 
 
+def check_device(device: str) -> None:
+    """--device cuda or mps that this machine lacks: one sentence before any model loads (torch is imported
+    only for those two; auto and cpu need nothing)."""
+    if device in ("cuda", "mps"):
+        from vqclip.device import resolve_device
+
+        resolve_device(device)
+
+
 def validate(cfg: GenerationConfig) -> Request:
     """Everything about a run that can be checked without loading a model, resolved once: the seed fixed
     (a random one when none was given), the prompts parsed, the input images read and hashed, the model
     names resolved."""
     cfg = cfg.with_seed()
+    check_device(cfg.device)
     story = _story(cfg)
     image_prompts = tuple(_image_prompt(item) for item in cfg.image_prompts)
     noise_prompts = tuple(_noise_prompt(item) for item in cfg.noise_prompts)
@@ -225,12 +234,14 @@ def check_writable(directory: Path) -> None:
 
 
 def check_video(video: str | None) -> None:
-    """--video needs ffmpeg on the PATH and a folder it can write to."""
+    """--video needs an ffmpeg (the system's, or imageio-ffmpeg's: vqclip.ffmpeg) and a folder it can write to."""
+    from vqclip.ffmpeg import ffmpeg_exe
+
     if video is None:
         return
-    if shutil.which("ffmpeg") is None:
+    if ffmpeg_exe() is None:
         raise UsageError(
-            "--video needs ffmpeg, which is not installed.",
+            "--video needs ffmpeg, which is not installed (neither on the PATH nor from imageio-ffmpeg).",
             "Install ffmpeg, or pipe the frames yourself: vqclip ... --frames - | ffmpeg -f image2pipe -i - out.mp4",
         )
     path = Path(video).expanduser()
@@ -261,5 +272,4 @@ def check_outputs(out) -> None:
     """The CLI's outputs (a vqclip.output.OutputOptions): the PNG's folder, the video, the frames folder."""
     check_writable(out.path.parent)
     check_video(out.video)
-    if not out.video:  # with --video the frames go to ffmpeg only
-        check_frames(out.frames if isinstance(out.frames, str | Path) else None, out.overwrite)
+    check_frames(out.frames if isinstance(out.frames, str | Path) else None, out.overwrite)  # with --video too

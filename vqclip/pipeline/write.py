@@ -21,7 +21,7 @@ from vqclip.errors import FramePipeClosed, Interrupted, OutputError, VqclipError
 from vqclip.events import ProgressFn, Step, ignore
 from vqclip.metadata import parameters, read_record, record
 from vqclip.models import Models
-from vqclip.output import FrameSink, OutputOptions, png_info, save_png
+from vqclip.output import FrameSink, OutputOptions, VideoPipeBroken, png_info, save_png
 from vqclip.pipeline.prepare import Job
 from vqclip.pipeline.run import Result, make_result, run, upscale
 
@@ -90,7 +90,7 @@ class _Watcher:
             try:
                 self.sink.write(step.image())
             except BrokenPipeError as err:
-                if self.sink.proc is None:
+                if not isinstance(err, VideoPipeBroken):
                     raise PipeClosed from err  # the reader of --frames - went away: the run ends quietly
                 sink, self.sink = self.sink, None  # ffmpeg died: the frames stop, the run and its PNG go on
                 sink.close(abort=True)

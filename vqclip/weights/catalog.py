@@ -50,7 +50,7 @@ def fetch_entry(spec: WeightSpec, offline: bool | None = None, progress: Progres
     if _from_hub(spec):
         from vqclip.weights.clip import download_clip
 
-        return download_clip(spec.name, progress=progress)
+        return download_clip(spec.name, progress=progress, offline=offline)
     from vqclip.weights.registry import fetch_model
 
     return fetch_model(spec, offline=offline, progress=progress).checkpoint

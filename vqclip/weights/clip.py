@@ -243,9 +243,20 @@ def _pretrained_cfg(source: ClipSource) -> dict:
     return cfg
 
 
+def _registry_hub(source: ClipSource) -> str | None:
+    """The `hf_hub` of a registry entry's tag, as the registry holds it: no open_clip import (`models list`)."""
+    from vqclip.weights.pretrained import PRETRAINED
+
+    for spec in PRETRAINED.values():
+        if spec.kind == "clip" and (spec.clip_arch, spec.clip_tag) == (source.arch, source.tag) and spec.clip_hub:
+            return spec.clip_hub
+    return None
+
+
 def _hub_files(source: ClipSource) -> tuple[str, tuple[str, ...]]:
     """(Hub repo id, weights file names) from open_clip's `hf_hub` entry ("org/repo/" or "org/repo/file")."""
-    repo, filename = posixpath.split(_pretrained_cfg(source).get("hf_hub", ""))
+    hub = _registry_hub(source)
+    repo, filename = posixpath.split(hub if hub is not None else _pretrained_cfg(source).get("hf_hub", ""))
     return repo, (filename,) if filename else HF_WEIGHT_FILES
 
 
@@ -256,8 +267,8 @@ def hub_targets(source: ClipSource) -> list:
 
     from vqclip.weights.cache import FileTarget, cache_dir
 
-    cfg = _pretrained_cfg(source)
     repo, names = _hub_files(source)
+    cfg = _pretrained_cfg(source) if not repo else {}
     if repo:
         folder = cache_dir() / "clip" / repo.replace("/", "--")
         files = [(f, f"{hf.ENDPOINT}/{repo}/resolve/main/{f}") for f in names]
@@ -363,9 +374,9 @@ def clip_path(spec) -> Path:
     return hf_cached_weights(_source(spec)) or (present or [t.path for t in files])[0]
 
 
-def download_clip(name: str, progress: ProgressFn = ignore) -> Path:
+def download_clip(name: str, progress: ProgressFn = ignore, offline: bool | None = None) -> Path:
     """Fetch a CLIP model's weights (for `vqclip models download`); returns their path."""
-    return fetch_clip_weights(parse_clip_name(name), progress=progress)
+    return fetch_clip_weights(parse_clip_name(name), offline=offline, progress=progress)
 
 
 # ---- loading ----------------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ class WeightSpec:
     license: str = ""
     path: str | None = None  # a local checkpoint (user entries): used as is, never downloaded
     local_config: str | None = None  # a local taming yaml (user entries)
+    clip_hub: str | None = None  # open_clip's `hf_hub` for the tag, so listing needs no open_clip import
+    approx_size: int | None = None  # bytes, about, where no exact size is published (`models list`: "~")
+    size_source: str = ""  # where approx_size comes from
 
 
 def _heibox_share(share: str, path: str) -> str:
@@ -98,7 +101,7 @@ _VQGANS = [
     WeightSpec(
         name="vqgan_imagenet_f16_16384",
         kind="vqgan",
-        description="taming VQGAN, ImageNet, f=16, 16384 codes (the default)",
+        description="ImageNet, f=16, 16384 codes (default)",
         checkpoint=FileSpec(
             "model.ckpt",
             (
@@ -116,7 +119,7 @@ _VQGANS = [
     WeightSpec(
         name="vqgan_imagenet_f16_1024",
         kind="vqgan",
-        description="taming VQGAN, ImageNet, f=16, 1024 codes",
+        description="ImageNet, f=16, 1024 codes",
         checkpoint=FileSpec(
             "model.ckpt",
             (
@@ -127,11 +130,13 @@ _VQGANS = [
         ),
         config_data=_taming_f16(1024),
         license=_TAMING,
+        approx_size=958_000_000,
+        size_source='"958 MB": nerdyrodent/VQGAN-CLIP download_models.sh; the Hub mirror Nehc/vqgan_imagenet_f16_1024',
     ),
     WeightSpec(
         name="vqgan_gumbel_f8_8192",
         kind="vqgan",
-        description="taming GumbelVQ, OpenImages, f=8, 8192 codes (once misnamed openimages_f16_8192)",
+        description="GumbelVQ, OpenImages, f=8, 8192 codes",
         checkpoint=FileSpec(
             "model.ckpt",
             (
@@ -149,7 +154,7 @@ _VQGANS = [
     WeightSpec(
         name="wikiart_16384",
         kind="vqgan",
-        description="VQGAN retrained on WikiArt by EleutherAI, f=16, 16384 codes",
+        description="EleutherAI WikiArt, f=16, 16384 codes",
         checkpoint=FileSpec(
             "model.ckpt",
             (
@@ -172,7 +177,7 @@ _VQGANS = [
     WeightSpec(
         name="coco_first_stage",
         kind="vqgan",
-        description="the VQGAN (f=16, 8192 codes) of taming's COCO transformer, first stage only",
+        description="COCO transformer's, f=16, 8192 codes",
         checkpoint=FileSpec(
             "model.ckpt",
             (
@@ -201,7 +206,7 @@ _TRANSFORMERS = [
     WeightSpec(
         name="cin_transformer",
         kind="transformer",
-        description="taming class-conditional ImageNet transformer (1.4B GPT) over vqgan_imagenet_f16_16384",
+        description="ImageNet class-conditional GPT, 1.4B",
         checkpoint=FileSpec("model.ckpt", (f"{_KOOFR_CIN}/last.ckpt?path={_CIN_RUN}%2Fcheckpoints%2Flast.ckpt",)),
         config=FileSpec(
             "project.yaml",
@@ -211,11 +216,13 @@ _TRANSFORMERS = [
             ),
         ),
         license=_TAMING,
+        approx_size=5_600_000_000,
+        size_source="at least its 1.4B fp32 weights (n_embd 1536, 48 layers; the file also holds optimiser state)",
     ),
     WeightSpec(
         name="sflckr",
         kind="transformer",
-        description="taming S-FLCKR landscape transformer (segmentation-conditioned), first stage f16/1024",
+        description="S-FLCKR landscapes GPT, f=16",
         checkpoint=FileSpec(
             "model.ckpt",
             (_heibox_share("73487ab6e5314cb5adba", "%2Fcheckpoints%2Flast.ckpt"),),
@@ -235,7 +242,7 @@ _UPSCALERS = [
     WeightSpec(
         name="realesrgan_x4plus",
         kind="upscaler",
-        description="Real-ESRGAN x4plus (RRDBNet, 23 blocks), loaded through spandrel",
+        description="Real-ESRGAN x4plus (spandrel)",
         checkpoint=FileSpec(
             "RealESRGAN_x4plus.pth",
             (
@@ -258,7 +265,13 @@ def clip_arch(arch: str, tag: str) -> str:
     return arch
 
 
-def _clip(arch: str, tag: str, description: str) -> WeightSpec:
+_CLIP_SIZES = (
+    "the fp32 weights file on the Hub: 605 MB listed for timm/vit_base_patch32_clip_224.openai, the others "
+    "4 bytes x their parameters (../shared/reference/checkpoints.md, section 5.4)"
+)
+
+
+def _clip(arch: str, tag: str, description: str, hub: str, size: int) -> WeightSpec:
     return WeightSpec(
         name=f"{arch}/{tag}",
         kind="clip",
@@ -266,16 +279,32 @@ def _clip(arch: str, tag: str, description: str) -> WeightSpec:
         clip_arch=clip_arch(arch, tag),
         clip_tag=tag,
         license="MIT (OpenAI CLIP)" if tag == "openai" else "MIT (open_clip)",
+        clip_hub=hub,
+        approx_size=size,
+        size_source=_CLIP_SIZES,
     )
 
 
+# hub: open_clip's `hf_hub` of the tag (tests/test_newcomer.py checks them against the installed open_clip)
 _CLIPS = [
-    _clip("ViT-B-32", "openai", "OpenAI CLIP ViT-B/32, 224 px (the default)"),
-    _clip("ViT-B-16", "openai", "OpenAI CLIP ViT-B/16, 224 px"),
-    _clip("ViT-L-14", "openai", "OpenAI CLIP ViT-L/14, 224 px"),
-    _clip("RN50", "openai", "OpenAI CLIP ResNet-50, 224 px"),
-    _clip("RN101", "openai", "OpenAI CLIP ResNet-101, 224 px"),
-    _clip("ViT-B-32", "laion2b_s34b_b79k", "LAION-2B CLIP ViT-B/32, 224 px"),
+    _clip(
+        "ViT-B-32",
+        "openai",
+        "OpenAI ViT-B/32, 224 px (default)",
+        "timm/vit_base_patch32_clip_224.openai/",
+        605_000_000,
+    ),
+    _clip("ViT-B-16", "openai", "OpenAI ViT-B/16, 224 px", "timm/vit_base_patch16_clip_224.openai/", 598_000_000),
+    _clip("ViT-L-14", "openai", "OpenAI ViT-L/14, 224 px", "timm/vit_large_patch14_clip_224.openai/", 1_710_000_000),
+    _clip("RN50", "openai", "OpenAI ResNet-50, 224 px", "timm/resnet50_clip.openai/", 408_000_000),
+    _clip("RN101", "openai", "OpenAI ResNet-101, 224 px", "timm/resnet101_clip.openai/", 479_000_000),
+    _clip(
+        "ViT-B-32",
+        "laion2b_s34b_b79k",
+        "LAION-2B ViT-B/32, 224 px",
+        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K/",
+        605_000_000,
+    ),
 ]
 
 # The shapes world's small models ship inside the package (vqclip/shapes/weights, checked by its SHA256SUMS):
@@ -285,7 +314,7 @@ _SHAPES = [
     WeightSpec(
         name="shapes_f8",
         kind="vqgan",
-        description="shapes world VQGAN, f=8, 512 codes (trained on renders; ships with vqclip)",
+        description="shapes world, f=8, 512 codes (shipped)",
         license="MIT",
         path=str(_SHAPES_WEIGHTS / "shapes_f8.ckpt"),
         local_config=str(_SHAPES_WEIGHTS / "shapes_f8.yaml"),
@@ -294,15 +323,15 @@ _SHAPES = [
         WeightSpec(
             name=f"shapes-{which}",
             kind="clip",
-            description=f"shapes world CLIP {which.upper()}, {arch} ({role}; ships with vqclip)",
+            description=f"shapes world, {arch} ({role})",
             clip_arch=f"shapes-{which}",
             license="MIT",
             path=str(_SHAPES_WEIGHTS / f"shapes-{which}.pt"),
             local_config=str(_SHAPES_WEIGHTS / f"shapes-{which}.json"),  # the open_clip model config
         )
         for which, arch, role in (
-            ("a", "ResNet, 64 px", "guides the quality benchmark"),
-            ("b", "ViT, 48 px", "scores it"),
+            ("a", "ResNet 64 px", "guides; shipped"),
+            ("b", "ViT 48 px", "scores; shipped"),
         )
     ),
 ]
