@@ -230,13 +230,12 @@ def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore,
     given). The device is resolved first, so an unavailable one fails before any weights are read.
     """
     from vqclip.clip_loading import load_clip
-    from vqclip.device import resolve_device, resolve_precision
+    from vqclip.device import image_path_params, resolve_device, resolve_precision
     from vqclip.validate import validate
 
     checked = checked or validate(cfg)
 
     device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
     gpt = conditioning = None
     if cfg.transformer:  # the GPT's codes belong to its own first stage: that is the VQGAN
         gpt, vqgan, conditioning = load_transformer(cfg.transformer, device=device, offline=offline, progress=progress)
@@ -246,14 +245,17 @@ def load_models(cfg, offline: bool | None = None, progress: ProgressFn = ignore,
         vqgan = load_vqgan(cfg.vqgan, cfg.vqgan_config, device=device, offline=offline, progress=progress)
         vqgan_name, sha = cfg.vqgan, _sha256(cfg.vqgan, "vqgan")
     clips = [load_clip(source, device=device, offline=offline, progress=progress) for source in checked.clips]
+    dtype = resolve_precision(cfg.precision, device, image_path_params(vqgan, clips))  # auto: by the work too
     models = Models(vqgan, {"name": vqgan_name, "sha256": sha}, clips, device, dtype, gpt, conditioning)
     if cfg.upscale > 1:
-        load_upscaler_into(models, offline=offline, progress=progress)
+        load_upscaler_into(models, offline=offline, progress=progress, precision=cfg.precision)
     prepare_for_speed(models, cfg)
     return models
 
 
-def load_upscaler_into(models: Models, name: str | None = None, offline=None, progress: ProgressFn = ignore) -> None:
+def load_upscaler_into(
+    models: Models, name: str | None = None, offline=None, progress: ProgressFn = ignore, precision: str = "auto"
+) -> None:
     """Load the upscaler (the registry's Real-ESRGAN by default) into `models`, once."""
     from vqclip.pretrained import DEFAULT_UPSCALER
     from vqclip.upscale import load_upscaler
@@ -262,7 +264,7 @@ def load_upscaler_into(models: Models, name: str | None = None, offline=None, pr
         return
     name = name or DEFAULT_UPSCALER
     path, sha256 = resolve_upscaler(name, offline=offline, progress=progress)
-    models.upscaler = load_upscaler(path, models.device)
+    models.upscaler = load_upscaler(path, models.device, precision)
     models.upscaler_record = {"model": name, "sha256": sha256}
 
 

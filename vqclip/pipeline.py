@@ -95,7 +95,7 @@ def upscale_result(result: Result, models: Models, tile: int = 256, progress: Pr
     """Upscale a result in place with the run's Real-ESRGAN (loaded once per Models)."""
     from vqclip.upscale import upscale_image
 
-    load_upscaler_into(models)
+    load_upscaler_into(models, precision=result.config.precision)
     factor = result.config.upscale
     result.image = upscale_image(models.upscaler, result.image, factor, tile, progress=progress)
     result.upscale = {**models.upscaler_record, "factor": factor, "tile": tile}

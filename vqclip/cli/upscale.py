@@ -8,7 +8,7 @@ import click
 
 from vqclip.cli.app import cli
 from vqclip.cli.progress import Reporter
-from vqclip.config import DEVICES
+from vqclip.config import DEVICES, PRECISIONS
 from vqclip.errors import UsageError
 
 
@@ -20,9 +20,16 @@ from vqclip.errors import UsageError
 @click.option("-o", "--output", help="Output file (one image) or folder [default: IMAGE_xSCALE.png beside it].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file instead of adding a suffix.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to run.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 on GPUs from compute capability 8.0, fp16 on older GPUs, fp32 elsewhere.",
+)
 @click.option("--offline", is_flag=True, help="Never use the network.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or messages on stderr.")
-def upscale(images, scale, model, tile, output, overwrite, device, offline, quiet):
+def upscale(images, scale, model, tile, output, overwrite, device, precision, offline, quiet):
     """Upscale existing images with Real-ESRGAN; vqclip metadata is carried over and records the upscale."""
     from vqclip.validate import check_image
 
@@ -41,7 +48,7 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
     target_device = resolve_device(device)
     with Reporter("none" if quiet else "bar") as reporter:
         path, sha256 = resolve_upscaler(name, offline=offline or None, progress=reporter)
-        upscaler = load_upscaler(path, target_device)
+        upscaler = load_upscaler(path, target_device, precision)
         record = {"model": name, "sha256": sha256, "factor": scale, "tile": tile}
         for source in images:
             big = upscale_image(upscaler, open_image(source), scale, tile, progress=reporter)
