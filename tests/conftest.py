@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from vqclip.threads import fit_threads_to_free_cores
+
+fit_threads_to_free_cores()  # before any test module imports torch, as the CLI does: spinning threads beside
+# another busy process made the suite 10x slower (issue 28); OMP_NUM_THREADS, when set, is kept
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "taming"
 
