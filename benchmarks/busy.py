@@ -17,6 +17,7 @@ after each; JSON lines go to stdout, the table to stderr.
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def main() -> None:
         print(json.dumps(child(args.sizes[0], args.precision, args.steps)))
         return
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the competing process
     rows = []
     for _ in range(args.repeats):
         for size in args.sizes:
