@@ -231,15 +231,6 @@ def test_low_precision_runs_keep_fp32_pixels_and_record_what_ran(f16, tiny_clip,
     assert meta["precision"] == precision and meta["device"] == "cpu"  # what ran, also fp16 on a CPU
 
 
-def test_auto_precision_per_gpu_generation():
-    from vqclip.device import auto_cuda_dtype
-
-    assert auto_cuda_dtype((9, 0)) is torch.bfloat16 and auto_cuda_dtype((8, 0)) is torch.bfloat16
-    for capability in [(6, 0), (6, 1), (7, 0), (7, 5)]:  # P100, GTX 10x0, V100, T4
-        assert auto_cuda_dtype(capability) is torch.float16
-    assert auto_cuda_dtype((5, 2)) is None
-
-
 def test_a_toml_clip_entry_can_name_a_local_config_json(f16, tiny_clip, tmp_path, isolated, vq):
     config, weights = tiny_clip.rsplit(":", 1)
     (isolated / "config.toml").write_text(f'[models.my-clip]\nkind = "clip"\npath = "{weights}"\nconfig = "{config}"\n')

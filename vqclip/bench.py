@@ -17,7 +17,15 @@ from pathlib import Path
 import torch
 
 from vqclip.config import GenerationConfig
-from vqclip.device import resolve_device, resolve_precision
+from vqclip.device import (
+    FAST_BF16_FLAGS,
+    FAST_FP16_FLAGS,
+    fast_precisions,
+    hardware,
+    image_path_params,
+    resolve_device,
+    resolve_precision,
+)
 from vqclip.models import Models
 from vqclip.optimize import optimize
 from vqclip.pipeline.guided import build_guides
@@ -57,16 +65,11 @@ def random_models(cfg: GenerationConfig, shapes_only: bool = False) -> Models:
             model = open_clip.create_model(arch, device=home).eval().requires_grad_(False)
             tokenizer = open_clip.get_tokenizer(arch)
         clips.append(wrap_clip(name, model, tokenizer, None).to(home))
-    dtype = resolve_precision(cfg.precision, device)
+    dtype = resolve_precision(cfg.precision, device, image_path_params(vqgan, clips))
     if not cfg.encodes_images:
         vqgan.drop_encoder()
     ready_for_speed(vqgan, clips, device, dtype, cfg.compile)
     return Models(vqgan, {"name": cfg.vqgan, "sha256": None}, tuple(clips), device, dtype)
-
-
-# CPU flags that make a precision fast (/proc/cpuinfo names): bf16 dot products and tiles, fp16 arithmetic.
-FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-FAST_FP16_FLAGS = ("avx512_fp16", "amx_fp16")
 
 
 def _cpuinfo() -> dict:
@@ -85,21 +88,21 @@ def machine(device: torch.device) -> dict:
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     cpu = info.get("model name") or platform.processor() or platform.machine()
+    fast = fast_precisions(hardware(device))  # the rule auto precision follows (vqclip.device)
     out = {
         "cpu": cpu,
         "cpu_flags": [f for f in FAST_BF16_FLAGS + FAST_FP16_FLAGS if f in flags],
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__,
-        "fast_bf16": bool(flags & set(FAST_BF16_FLAGS)),
-        "fast_fp16": bool(flags & set(FAST_FP16_FLAGS)),
+        "fast_bf16": "bf16" in fast,
+        "fast_fp16": "fp16" in fast,
     }
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         out["gpu"] = torch.cuda.get_device_name(device)
         out["capability"] = f"{major}.{minor}"
-        out["fast_bf16"] = major >= 8  # Ampere and newer
-        out["fast_fp16"] = (major, minor) == (6, 0) or major >= 7  # P100, then tensor cores
     return out
 
 

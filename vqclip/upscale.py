@@ -10,13 +10,16 @@ from vqclip.errors import UsageError, WeightsError
 from vqclip.events import Progress, ProgressFn, ignore
 
 
-def load_upscaler(path: str | Path, device="cpu"):
-    """A spandrel ImageModelDescriptor for a super-resolution checkpoint (e.g. RealESRGAN_x4plus.pth).
+def load_upscaler(path: str | Path, device="cpu", precision: str = "auto"):
+    """A spandrel ImageModelDescriptor for a super-resolution checkpoint (e.g. RealESRGAN_x4plus.pth), in the
+    precision vqclip.device.upscaler_precision picks (`--precision`; auto: bf16 on GPUs from compute
+    capability 8.0, fp16 on older ones, fp32 elsewhere), where the model supports it.
 
     The file is read by vqclip's safe reader, like every weights file (same checks, same messages); spandrel
     then only recognises the architecture from the tensors."""
     import spandrel
 
+    from vqclip.device import hardware, upscaler_precision
     from vqclip.weights.checkpoint import damaged_hint, read_checkpoint
 
     path = Path(path)
@@ -33,11 +36,11 @@ def load_upscaler(path: str | Path, device="cpu"):
     if not isinstance(model, spandrel.ImageModelDescriptor):
         raise WeightsError(f"{path} is not an image-to-image model.")
     model = model.to(device).eval()
-    if torch.device(device).type == "cuda":  # half precision on GPUs, where the model supports it
-        if model.supports_bfloat16 and torch.cuda.is_bf16_supported():
-            model = model.bfloat16()
-        elif model.supports_half:
-            model = model.half()
+    wanted = upscaler_precision(precision, hardware(torch.device(device)))
+    if wanted == "bf16" and model.supports_bfloat16:
+        model = model.bfloat16()
+    elif wanted == "fp16" and model.supports_half:
+        model = model.half()
     return model
 
 

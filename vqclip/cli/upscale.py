@@ -7,7 +7,7 @@ import click
 
 from vqclip.cli.app import cli
 from vqclip.cli.progress import Reporter
-from vqclip.config import DEVICES
+from vqclip.config import DEVICES, PRECISIONS
 from vqclip.errors import UsageError
 
 
@@ -19,9 +19,16 @@ from vqclip.errors import UsageError
 @click.option("-o", "--output", help="Output file (one image) or folder [default: IMAGE_xSCALE.png beside it].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file instead of adding a suffix.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to run.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 on GPUs from compute capability 8.0, fp16 on older GPUs, fp32 elsewhere.",
+)
 @click.option("--offline", is_flag=True, help="Never use the network.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or messages on stderr.")
-def upscale(images, scale, model, tile, output, overwrite, device, offline, quiet):
+def upscale(images, scale, model, tile, output, overwrite, device, precision, offline, quiet):
     """Upscale existing images with Real-ESRGAN; vqclip metadata is carried over and records the upscale."""
     import sys
 
@@ -48,7 +55,9 @@ def upscale(images, scale, model, tile, output, overwrite, device, offline, quie
 
     target_device = resolve_device(device)
     with Reporter("none" if quiet else "bar") as reporter:
-        upscaler, record = fetch_upscaler(model or DEFAULT_UPSCALER, target_device, offline or None, reporter)
+        upscaler, record = fetch_upscaler(
+            model or DEFAULT_UPSCALER, target_device, offline or None, reporter, precision
+        )
         for source, target in zip(images, targets, strict=True):
             image, texts = read_image(source)
             big, done = upscale_image(upscaler, record, image, scale, tile, reporter)

@@ -28,7 +28,7 @@ def load_models(
             now and frees the towers (a single image: about 40% of ViT-B/32's weights), so these models can
             then serve only those prompts.
     """
-    from vqclip.device import resolve_device, resolve_precision
+    from vqclip.device import image_path_params, resolve_device, resolve_precision
     from vqclip.weights.clip import load_clip
 
     request = cfg if isinstance(cfg, Request) else validate(cfg)
@@ -38,7 +38,6 @@ def load_models(
 
         make_deterministic()
     device = resolve_device(cfg.device)  # first, so an unavailable device fails before any weights are read
-    dtype = resolve_precision(cfg.precision, device)
     gpt = conditioning = None
     if cfg.transformer:  # the GPT's codes belong to its own first stage: that is the VQGAN
         gpt, vqgan, conditioning, sha = loading.load_transformer_file(request.vqgan, None, device, offline, progress)
@@ -47,9 +46,10 @@ def load_models(
         vqgan, sha = loading.load_vqgan_file(request.vqgan, cfg.vqgan_config, device, offline, progress)
         vqgan_name = cfg.vqgan
     clips = tuple(load_clip(source, device=device, offline=offline, progress=progress) for source in request.clips)
+    dtype = resolve_precision(cfg.precision, device, image_path_params(vqgan, clips))  # auto: by the work too
     upscaler = upscaler_record = None
     if request.upscaler is not None:
-        upscaler, upscaler_record = loading.fetch_upscaler(request.upscaler, device, offline, progress)
+        upscaler, upscaler_record = loading.fetch_upscaler(request.upscaler, device, offline, progress, cfg.precision)
     text_embeds = ()
     if not text_towers:
         text_embeds = tuple(dict(zip(request.texts, _encode(clip, request.texts), strict=True)) for clip in clips)

@@ -210,15 +210,16 @@ def resolve_upscaler(name, offline=None, progress: ProgressFn = ignore) -> tuple
     return local.checkpoint, local.sha256
 
 
-def fetch_upscaler(name=None, device="cpu", offline=None, progress: ProgressFn = ignore):
-    """(Real-ESRGAN model, its record {"model", "sha256"}): the registry's default unless `name` is given."""
+def fetch_upscaler(name=None, device="cpu", offline=None, progress: ProgressFn = ignore, precision: str = "auto"):
+    """(Real-ESRGAN model, its record {"model", "sha256"}): the registry's default unless `name` is given; its
+    precision follows `precision` (vqclip.device.upscaler_precision)."""
     from vqclip.upscale import load_upscaler
     from vqclip.weights.pretrained import DEFAULT_UPSCALER
 
     name = name or DEFAULT_UPSCALER
     path, sha256 = resolve_upscaler(name, offline=offline, progress=progress)
     label = getattr(name, "name", name)
-    return load_upscaler(path, device), {"model": label, "sha256": sha256}
+    return load_upscaler(path, device, precision), {"model": label, "sha256": sha256}
 
 
 def ready_for_speed(vqgan, clips, device, dtype, compile: bool) -> None:
