@@ -50,10 +50,10 @@ def child(size: int, precision: str, steps: int) -> dict:
 
         fit_threads_to_free_cores()  # what vqclip's main() does before torch loads
     import torch
-    from vqclip.pipeline.load import load_models
 
     from vqclip.bench import bench_step, machine
     from vqclip.config import GenerationConfig
+    from vqclip.pipeline.load import load_models
 
     cfg = GenerationConfig(
         "a red star on a white background",
