@@ -37,7 +37,7 @@ format: $(STAMP)
 	$(BIN)/ruff format vqclip tests $(wildcard benchmarks)
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 bench: $(STAMP)
 	bash benchmarks/standard.sh

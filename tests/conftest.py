@@ -14,7 +14,13 @@ from vqclip.threads import fit_threads_to_free_cores
 
 # Before any test module imports torch, as the CLI does: spinning threads beside another busy process made
 # the suite 10x slower (issue 28). OMP_NUM_THREADS, when set, is kept; it is set here either way, so that the
-# CLI in the tests' subprocesses does not sample the load again.
+# CLI in the tests' subprocesses does not sample the load again. Under pytest-xdist (`make test` runs a worker
+# per core) the workers start together and would each take every core: each gets its share of them instead,
+# unless the user pinned OMP_NUM_THREADS before pytest started (the controller passes that on to the workers).
+os.environ.setdefault("VQCLIP_TESTS_PINNED_THREADS", os.environ.get("OMP_NUM_THREADS", ""))
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1 and not os.environ["VQCLIP_TESTS_PINNED_THREADS"] and hasattr(os, "sched_getaffinity"):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _workers))
 fit_threads_to_free_cores()
 os.environ.setdefault(
     "OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
@@ -29,6 +35,17 @@ TINY_CLIP_CFG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
+
+
+# The longest files first. `make test` runs a pytest-xdist worker per core with work stealing: tests are dealt
+# out in this order and an idle worker steals from the end of a busy one's queue, so the long judged runs
+# start at once and the short ones fill in around them (about 15 CPU-minutes in all; these files are 70 %).
+LONGEST_FIRST = ("test_quality.py", "test_controls_effects.py", "test_soak.py", "test_batch.py", "test_newcomer.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: the rest keep their order
 
 
 def pytest_report_header(config):
