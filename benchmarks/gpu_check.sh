@@ -6,6 +6,7 @@
 #
 #   benchmarks/gpu_check.sh                 # writes benchmarks/gpu_check.jsonl, prints a table at the end
 #   PY=/path/to/python OUT=/tmp/g.jsonl benchmarks/gpu_check.sh
+#   TESTS=0 benchmarks/gpu_check.sh         # the measurements only (a rerun after the tests passed)
 #
 # Output: one JSON object per line on stdout and in $OUT (each has a "check" field), then a short table.
 # Without CUDA it runs what a CPU can (issue 29's CPU tests, the CUDA tests' collection with their skip
@@ -72,11 +73,15 @@ EOF
     [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || status=1 # 5: nothing collected
 }
 
+if [ "${TESTS:-1}" != 1 ]; then
+    skip "pytest" "TESTS=0: the tests were not run"
+else
 run_tests "pytest -m cuda" -m cuda tests/
 if [ "$CUDA" != 1 ]; then
     # what a CPU can check of the same defects (each test fails on the code before the fix)
     run_tests "pytest issue-29 CPU tests" tests/test_generators.py tests/test_clip_names.py tests/test_memory_gpu.py tests/test_pack.py \
         tests/test_gpu_users.py tests/test_versions.py tests/test_deterministic.py
+fi
 fi
 
 # ---- vqclip bench and the reference's step ----------------------------------------------------------------
