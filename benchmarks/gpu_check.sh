@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check of issue 29, in one command: the CUDA test subset (`pytest -m cuda`), `vqclip bench --device cuda`
 # at 256, 512 and 1024 px in bf16, fp16 and fp32, and the reference implementation's step on the same GPU
-# (benchmarks/reference_step.py --device cuda). Random weights throughout: nothing is downloaded.
+# (benchmarks/reference_step.py --device cuda), and the throughput of --n 1, 4 and 16 images per batched step at
+# 256 px in bf16 (images per second). Random weights throughout: nothing is downloaded.
 #
 #   benchmarks/gpu_check.sh                 # writes benchmarks/gpu_check.jsonl, prints a table at the end
 #   PY=/path/to/python OUT=/tmp/g.jsonl benchmarks/gpu_check.sh
+#   TESTS=0 benchmarks/gpu_check.sh         # the measurements only (a rerun after the tests passed)
 #
 # Output: one JSON object per line on stdout and in $OUT (each has a "check" field), then a short table.
 # Without CUDA it runs what a CPU can (issue 29's CPU tests, the CUDA tests' collection with their skip
@@ -19,6 +21,7 @@ OUT=${OUT:-benchmarks/gpu_check.jsonl}
 SIZES=${SIZES:-"256 512 1024"}
 PRECISIONS=${PRECISIONS:-"bf16 fp16 fp32"}
 STEPS=${STEPS:-3}
+NS=${NS:-"1 4 16"}
 export VQCLIP_GPU_CHECK_OUT="$OUT" PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 : >"$OUT"
 status=0
@@ -70,20 +73,25 @@ EOF
     [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || status=1 # 5: nothing collected
 }
 
-run_tests "pytest -m cuda" -m cuda tests/
-if [ "$CUDA" != 1 ]; then
-    # what a CPU can check of the same defects (each test fails on the code before the fix)
-    run_tests "pytest issue-29 CPU tests" tests/test_generators.py tests/test_clip_names.py tests/test_memory_gpu.py \
-        tests/test_gpu_users.py tests/test_versions.py tests/test_deterministic.py
+if [ "${TESTS:-1}" != 1 ]; then
+    skip "tests" "TESTS=0: the tests were not run"
+else
+    run_tests "pytest -m cuda" -m cuda tests/
+    if [ "$CUDA" != 1 ]; then
+        # what a CPU can check of the same defects (each test fails on the code before the fix)
+        run_tests "pytest issue-29 CPU tests" tests/test_generators.py tests/test_clip_names.py tests/test_memory_gpu.py \
+            tests/test_gpu_users.py tests/test_versions.py tests/test_deterministic.py tests/test_pack.py
+    fi
 fi
 
 # ---- vqclip bench and the reference's step ----------------------------------------------------------------
-bench() { # device, size, precision, steps
-    local row
-    if row=$("$PY" -m vqclip bench --json --no-isolate --device "$1" --size "$2" --precision "$3" --steps "$4" 2>/dev/null); then
-        emit "$("$PY" -c 'import json, sys; r = json.loads(sys.argv[1].strip().splitlines()[-1]); r["check"] = "bench"; print(json.dumps(r))' "$row")"
+bench() { # device, size, precision, steps[, n images per step (check "throughput")]
+    local row check=bench n=${5:-1}
+    [ $# -ge 5 ] && check=throughput
+    if row=$("$PY" -m vqclip bench --json --no-isolate --device "$1" --size "$2" --precision "$3" --steps "$4" --n "$n" 2>/dev/null); then
+        emit "$("$PY" -c 'import json, sys; r = json.loads(sys.argv[1].strip().splitlines()[-1]); r["check"] = sys.argv[2]; print(json.dumps(r))' "$row" "$check")"
     else
-        emit "{\"check\": \"bench\", \"device\": \"$1\", \"size\": [$2, $2], \"precision\": \"$3\", \"error\": \"exit $?\"}"
+        emit "{\"check\": \"$check\", \"device\": \"$1\", \"size\": [$2, $2], \"precision\": \"$3\", \"n\": $n, \"error\": \"exit $?\"}"
         status=1
     fi
 }
@@ -114,7 +122,15 @@ else
         bench cpu 128 fp32 1 # the bench path itself, on the CPU (CPU_BENCH=0 skips it)
     fi
 fi
-skip "throughput --n" "--n N and batch --pack N are not implemented yet (deferred in issue 29): no images/s figures"
+# ---- throughput: --n images in one batched step -----------------------------------------------------------
+if [ "$CUDA" = 1 ]; then
+    for n in $NS; do bench cuda 256 bf16 "$STEPS" "$n"; done
+else
+    skip "throughput cuda" "no CUDA device: --n $NS at 256 px in bf16 not run"
+    if [ "${CPU_BENCH:-1}" = 1 ]; then
+        for n in 1 2; do bench cpu 64 fp32 1 "$n"; done # the batched path itself, on the CPU
+    fi
+fi
 
 # ---- the table ----------------------------------------------------------------------------------------------
 "$PY" - "$OUT" <<'EOF'
@@ -134,6 +150,21 @@ for r in rows:
     refs = f"{base['step_s']:.3f}" if base else "-"
     print(f"{side:<6} {r['precision']:<10} {r['device']:<7} {r['step_s']:<14.3f} {r['peak_memory'] / 2**30:<9.2f}"
           f" {r['estimate_error']:<+14.1%} {refs:<17} {ratio}", file=sys.stderr)
+one = {(r["device"], r["size"][0], r["precision"]): r for r in rows if r["check"] == "throughput" and r.get("n") == 1}
+if any(r["check"] == "throughput" for r in rows):
+    print("\nsize   precision  device  n    step s   images/s  vs n=1  images/CPU s  peak GiB  plan", file=sys.stderr)
+for r in rows:
+    if r["check"] != "throughput":
+        continue
+    if "error" in r:
+        print(f"{r['size'][0]:<6} {r['precision']:<10} {r['device']:<7} {r['n']:<4} {r['error']}", file=sys.stderr)
+        continue
+    base = one.get((r["device"], r["size"][0], r["precision"]))
+    gain = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base and "images_per_s" in base else "-"
+    plan = f"{'ckpt' if r['plan']['checkpointing'] else 'no ckpt'}, chunk {r['plan']['clip_chunk']}"
+    print(f"{r['size'][0]:<6} {r['precision']:<10} {r['device']:<7} {r['n']:<4} {r['step_s']:<8.3f} "
+          f"{r['images_per_s']:<9.2f} {gain:<7} {r['images_per_cpu_s']:<13.3f} {r['peak_memory'] / 2**30:<9.2f} {plan}",
+          file=sys.stderr)
 for r in rows:
     if r["check"].startswith("pytest"):
         print(f"{r['check']}: {r.get('tests', '?')} tests, {r.get('failures', '?')} failed, "

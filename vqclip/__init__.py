@@ -11,12 +11,13 @@ import warnings
 
 __version__ = "0.1.0"
 
-__all__ = ["GenerationConfig", "__version__", "generate", "load_models", "load_vqgan"]
+__all__ = ["GenerationConfig", "__version__", "generate", "generate_many", "load_models", "load_vqgan"]
 
 _LAZY = {
     "GenerationConfig": "vqclip.config",
     "load_vqgan": "vqclip.weights.loading",
     "generate": "vqclip.pipeline.run",
+    "generate_many": "vqclip.pipeline.run",
     "load_models": "vqclip.pipeline.load",
 }
 

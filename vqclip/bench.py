@@ -27,7 +27,7 @@ from vqclip.device import (
     resolve_precision,
 )
 from vqclip.models import Models
-from vqclip.optimize import optimize
+from vqclip.optimize import optimize_batch
 from vqclip.pipeline.guided import build_guides
 from vqclip.weights.loading import ready_for_speed
 
@@ -195,10 +195,11 @@ def guides(models: Models, cfg: GenerationConfig, generator: torch.Generator) ->
     return build_guides(models, encode_story(models, request), request, cfg.size, generator)
 
 
-def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: int = 1, plan=None) -> dict:
+def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: int = 1, plan=None, n: int = 1) -> dict:
     """Median per-stage and whole-step times over `steps` steps (after `warmup`), the peak memory of the
     steps (warm-up included, model loading not), then the FLOPs of one more step (counted afterwards: the
-    counter itself holds memory). Like a single run, it drops the text towers once the prompts are encoded."""
+    counter itself holds memory). Like a single run, it drops the text towers once the prompts are encoded.
+    `n` images in one batched step (--n): each with its own latent, generator and cutouts."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from vqclip.memory import drop_text_towers
@@ -206,19 +207,22 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     torch.manual_seed(0)
     w, h = cfg.size
     f = models.vqgan.factor
-    z = models.vqgan.embed(torch.randint(models.vqgan.config.n_embed, (1, h // f, w // f))).to(models.device)
-    generator = torch.Generator().manual_seed(0)
-    targets = guides(models, cfg, generator)
+    zs = [
+        models.vqgan.embed(torch.randint(models.vqgan.config.n_embed, (1, h // f, w // f))).to(models.device).float()
+        for _ in range(n)
+    ]
+    generators = [torch.Generator().manual_seed(i) for i in range(n)]
+    targets = [guides(models, cfg, g) for g in generators]
     drop_text_towers(models)  # like a single run's models, loaded with text_towers=False
     reset_peak_memory(models.device)
     chunk = plan.clip_chunk if plan else None
     timer = _Timer(models.device, {}, {})
-    loop = optimize(
+    loop = optimize_batch(
         models.vqgan,
         targets,
-        z.float(),
+        zs,
         warmup + steps + 1,
-        generator=generator,
+        generators=generators,
         lr=cfg.lr,
         dtype=models.dtype,
         clip_chunk=chunk,
@@ -244,6 +248,9 @@ def bench_step(models: Models, cfg: GenerationConfig, steps: int = 3, warmup: in
     step = statistics.median(per_step)
     flops = counter.get_total_flops()
     return {
+        "n": n,
+        "images_per_s": n / step,  # images in one step per second of a step: throughput in images-steps
+        "images_per_cpu_s": n / statistics.median(cpu_per_step),
         "step_s": step,
         "stages_s": {s: statistics.median(v) for s, v in stages.items()},
         "step_cpu_s": statistics.median(cpu_per_step),
@@ -261,6 +268,7 @@ def run_bench(
     max_memory: int | None = None,
     checkpointing: str = "auto",
     threads: int | None = None,
+    n: int = 1,
 ) -> dict:
     """One benchmark configuration: the memory plan, per-stage times, FLOPs, peak memory against the
     estimate, FLOP share, and the machine with its load before and after."""
@@ -271,8 +279,10 @@ def run_bench(
         torch.set_num_threads(threads)
     load_before = load_average()
     models = random_models(cfg) if random_weights else load_models(cfg)
-    plan = make_plan(models, cfg.size, cfg.cutn, max_memory=max_memory, checkpointing=checkpointing, text_towers=False)
-    result = bench_step(models, cfg, steps=steps, plan=plan)
+    plan = make_plan(
+        models, cfg.size, cfg.cutn, max_memory=max_memory, checkpointing=checkpointing, text_towers=False, images=n
+    )
+    result = bench_step(models, cfg, steps=steps, plan=plan, n=n)
     rate, cpu_rate = matmul_rate(models.dtype or torch.float32, models.device)
     return {
         "size": list(cfg.size),
@@ -289,8 +299,12 @@ def run_bench(
         "cpu_rate_fraction": result["flops_per_step"] / result["step_cpu_s"] / cpu_rate,
         # how the largest canvas under this budget grows when the plan may checkpoint (estimates)
         "largest_square": {
-            "no_checkpointing": largest_square(models, cfg.cutn, plan.budget, checkpointing=False, text_towers=False),
-            "checkpointing": largest_square(models, cfg.cutn, plan.budget, checkpointing=True, text_towers=False),
+            "no_checkpointing": largest_square(
+                models, cfg.cutn, plan.budget, checkpointing=False, text_towers=False, images=n
+            ),
+            "checkpointing": largest_square(
+                models, cfg.cutn, plan.budget, checkpointing=True, text_towers=False, images=n
+            ),
         },
         "machine": machine(models.device),
         "load": [load_before, load_average()],

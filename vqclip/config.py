@@ -92,6 +92,7 @@ class GenerationConfig:
     palette_weight: float = 1.0  # weight of the palette loss (with palette)
     regions: tuple[str, ...] = ()  # "X0,Y0,X1,Y1:PROMPT[:W[:STOP]]": prompts whose cutouts lie in a box
     tile: bool = False  # seamless tiling: the image is rolled by a random offset before each step's cutouts
+    n: int = 1  # images of this prompt in one batched step; image i has seed + i (each recorded with n = 1)
 
     def __post_init__(self):
         if not self.prompt.strip() and not self.image_prompts and not self.noise_prompts and not self.regions:
@@ -148,6 +149,22 @@ class GenerationConfig:
         if not self.clip:
             raise UsageError("At least one --clip model is needed.")
         self._check_controls()
+        self._check_n()
+
+    def _check_n(self) -> None:
+        """--n N: N images of one prompt in one batched step, each what its own seed gives alone; what follows
+        one image through its run does not batch."""
+        _positive("n", self.n)
+        if self.n == 1:
+            return
+        if self.seed is not None and self.seed + self.n - 1 >= 2**63:
+            raise UsageError(f"--seed {self.seed} with --n {self.n}: the last image's seed would pass 2**63-1.")
+        one_image = refused_with_n(self)
+        if one_image:
+            raise UsageError(
+                f"--n {self.n} cannot be combined with {one_image}, which follows one image through its run; "
+                "drop one of them (or run the seeds one by one)."
+            )
 
     def _check_controls(self) -> None:
         """The optimiser, schedule, extra losses, palette and regions (issue 26)."""
@@ -185,6 +202,12 @@ class GenerationConfig:
             return self
         return replace(self, seed=random.SystemRandom().randrange(2**32))
 
+    def images(self) -> list["GenerationConfig"]:
+        """--n N: the config of each image, seeds seed, seed + 1, ..., each with n = 1: what its PNG records and
+        `vqclip replay` reruns alone (the seed fixed first)."""
+        cfg = self.with_seed()
+        return [replace(cfg, seed=cfg.seed + i, n=1) for i in range(cfg.n)]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -214,6 +237,18 @@ FLOAT_FIELDS = (
     "symmetry",
     "palette_weight",
 )
+
+
+def refused_with_n(cfg: GenerationConfig) -> str:
+    """The options of `cfg` that follow one image through its run, and so are refused with --n > 1 and in a
+    packed batch (the transformer pass, --keep best, --auto-stop, animation); "" when there are none."""
+    names = [
+        ("--transformer", cfg.transformer is not None),
+        ("--keep best", cfg.keep == "best"),
+        ("--auto-stop", bool(cfg.auto_stop)),
+        ("--zoom/--rotate/--shift", cfg.animated),
+    ]
+    return ", ".join(name for name, on in names if on)
 
 
 def default(name: str):

@@ -47,3 +47,4 @@ class Step:
     stage: str  # "" for a plain run; "base" or "refine" on a large canvas
     z: object  # the latent (a detached torch.Tensor)
     image: Callable  # () -> PIL.Image of the latent, decoded in fp32
+    index: int = 0  # which image of a batched step (--n, batch --pack); 0 for a single image

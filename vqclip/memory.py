@@ -214,18 +214,33 @@ def activation_elements(tower: torch.nn.Module, size: int) -> int:
 
 
 def estimate(
-    models, size: tuple[int, int], cutn: int, checkpointing: bool, clip_chunk: int, text_towers: bool = True
+    models,
+    size: tuple[int, int],
+    cutn: int,
+    checkpointing: bool,
+    clip_chunk: int,
+    text_towers: bool = True,
+    images: int = 1,
 ) -> int:
-    """Estimated peak bytes of one optimisation step (see the module note). fp16 keeps what bf16 keeps."""
+    """Estimated peak bytes of one optimisation step (see the module note). fp16 keeps what bf16 keeps.
+    `images` latents in one batched step (--n, batch --pack): the decoder's bytes grow with all their pixels
+    and CLIP's with the cutouts of a chunk (`clip_chunk` counts every image's, at most images x cutn); the
+    weights, libraries and the rest are held once."""
     costs = COSTS["fp32" if models.dtype is None else "bf16", checkpointing]
-    pixels = size[0] * size[1] * models.vqgan.config.ch / REF_DECODER_CH
-    chunk = max(costs.per_cutout * min(clip_chunk, cutn) * _clip_cost(c) for c in models.clips)
+    pixels = images * size[0] * size[1] * models.vqgan.config.ch / REF_DECODER_CH
+    chunk = max(costs.per_cutout * min(clip_chunk, cutn * images) * _clip_cost(c) for c in models.clips)
     resident = CPU_RESIDENT if models.device.type == "cpu" else GPU_RESIDENT
     return int(resident + weights_bytes(models, text_towers) + costs.per_pixel * pixels + chunk + costs.base)
 
 
-def _options(cutn: int, checkpointing: str):
-    chunks = [cutn] + [c for c in (16, 8, 4, 2, 1) if c < cutn]
+def _options(cutn: int, checkpointing: str, images: int = 1):
+    """(checkpointing, CLIP chunk) from the fastest: every cutout in one pass, then fewer images' cutouts a pass
+    (halving), then one image's in pieces of 16, 8, ... cutouts."""
+    per_pass, k = [], images
+    while k > 1:
+        per_pass.append(k * cutn)
+        k = (k + 1) // 2 if k > 2 else 1
+    chunks = per_pass + [cutn] + [c for c in (16, 8, 4, 2, 1) if c < cutn]
     ckpts = {"auto": (False, True), "on": (True,), "off": (False,)}[checkpointing]
     for ckpt in ckpts:
         for chunk in chunks:
@@ -239,11 +254,13 @@ def make_plan(
     max_memory: int | None = None,
     checkpointing: str = "auto",
     text_towers: bool = True,
+    images: int = 1,
 ) -> Plan:
     """The fastest settings whose estimate fits the budget; OutOfMemoryError naming the largest size that fits.
 
     `text_towers=False` when the run drops the CLIP text towers once its prompts are encoded (a single image;
-    a batch keeps them to encode the next prompts)."""
+    a batch keeps them to encode the next prompts). `images`: latents optimised together (--n, batch --pack);
+    the chunk then counts the cutouts of all of them."""
     try:
         budget = free_memory(models.device)
     except OutOfMemoryError:
@@ -252,27 +269,33 @@ def make_plan(
         budget = max_memory  # the system does not say how much it has: --max-memory alone decides
     if max_memory is not None:
         budget = min(budget, max_memory)
-    for ckpt, chunk in _options(cutn, checkpointing):
-        need = estimate(models, size, cutn, ckpt, chunk, text_towers)
+    for ckpt, chunk in _options(cutn, checkpointing, images):
+        need = estimate(models, size, cutn, ckpt, chunk, text_towers, images)
         if need * MARGIN <= budget:
             return Plan(ckpt, chunk, need, budget)
-    side = largest_square(models, cutn, budget, text_towers=text_towers)
-    least = estimate(models, size, cutn, checkpointing != "off", 1, text_towers)
+    side = largest_square(models, cutn, budget, text_towers=text_towers, images=images)
+    least = estimate(models, size, cutn, checkpointing != "off", 1, text_towers, images)
     gib = 2**30
+    what = f"A {size[0]}x{size[1]} image" if images == 1 else f"{images} images of {size[0]}x{size[1]} in one step"
+    hint = f"The largest square that fits is about {side}x{side}." if side else "Not even the smallest size fits."
     raise OutOfMemoryError(
-        f"A {size[0]}x{size[1]} image needs about {least / gib:.1f} GiB even with "
+        f"{what} need{'s' if images == 1 else ''} about {least / gib:.1f} GiB even with "
         f"{'checkpointing' if checkpointing != 'off' else 'CLIP chunks of 1'}, but only {budget / gib:.1f} GiB "
         "is available.",
-        f"The largest square that fits is about {side}x{side}." if side else "Not even the smallest size fits.",
+        hint + (" Or run fewer images in one step." if images > 1 else ""),
     )
 
 
-def largest_square(models, cutn: int, budget: int, checkpointing: bool = True, text_towers: bool = True) -> int:
+def largest_square(
+    models, cutn: int, budget: int, checkpointing: bool = True, text_towers: bool = True, images: int = 1
+) -> int:
     """The largest square side (a multiple of the VQGAN factor) whose lightest plan fits the budget."""
     f = models.vqgan.factor
     best = 0
     side = f
-    while side <= 16384 and estimate(models, (side, side), cutn, checkpointing, 1, text_towers) * MARGIN <= budget:
+    while (
+        side <= 16384 and estimate(models, (side, side), cutn, checkpointing, 1, text_towers, images) * MARGIN <= budget
+    ):
         best = side
         side += f
     return best

@@ -28,6 +28,8 @@ def record(result) -> dict:
         "canvas": result.canvas,
         "upscale": result.upscale,
         "tracker": result.tracker,  # --keep best / --auto-stop: the step kept (best_step), where it stopped
+        # --n / batch --pack: made in a batched step of `images`, as image `index` (replay runs it alone)
+        "batch": getattr(result, "batch", None),
         # what decides the pixels (not the memory figures, which vary from run to run)
         "plan": {"checkpointing": plan.checkpointing, "clip_chunk": plan.clip_chunk} if plan is not None else None,
     }

@@ -93,50 +93,104 @@ def loss_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
 def clip_losses(guide: Guide, targets: list, pixels, generator, chunk=None, amp=None, timer=None, scaler=None) -> list:
     """Back-propagate one CLIP's losses (times the scaler's scale) into `pixels.grad`, `chunk` cutouts at a
     time; return each target's loss, unscaled. All cutouts are drawn before the first chunk, so neither the
-    losses nor the gradient depend on the chunk size."""
-    if not targets:
-        return []
+    losses nor the gradient depend on the chunk size. One image: `batch_clip_losses` with a batch of one."""
+    return batch_clip_losses([guide], [targets], [pixels], [generator], chunk, amp, timer, [scaler])[0]
+
+
+def _passes(sizes: dict, cutn: int, chunk: int) -> list:
+    """The CLIP passes of a batched step: lists of (image, first cutout, cutouts), at most `chunk` cutouts a
+    pass; an image's cutouts stay in one pass when `chunk` holds them all, else they go in pieces of `chunk`."""
+    piece = min(chunk, cutn)
+    passes, current, filled = [], [], 0
+    for b in sizes:
+        for start in range(0, cutn, piece):
+            n = min(piece, cutn - start)
+            if current and filled + n > chunk:
+                passes.append(current)
+                current, filled = [], 0
+            current.append((b, start, n))
+            filled += n
+    return passes + ([current] if current else [])
+
+
+def batch_clip_losses(
+    guides: list[Guide], targets: list, pixels: list, generators: list, chunk=None, amp=None, timer=None, scalers=None
+) -> list:
+    """`clip_losses` for a batch of images that share one CLIP: image b has its guide (its cutout maker),
+    its targets, its pixels (1, 3, H, W) (a leaf; the gradient goes into its `.grad`), its generator and its
+    loss scaler. Each image draws its cutouts from its own generator, as it would alone; the cutouts of all
+    images go through CLIP together, `chunk` cutouts a pass (default: all of them). Returns each image's
+    target losses, unscaled."""
     amp, timer = amp or contextlib.nullcontext(), timer or untimed
-    scaler = scaler or loss_scaler(pixels.device, None)
-    cutn = guide.cutouts.cutn
-    chunk = chunk or cutn
-    draw = guide.cutouts.draw(pixels.shape[2], pixels.shape[3], generator)
-    totals = [torch.zeros((), device=pixels.device) for _ in targets]
-    for start in range(0, cutn, chunk):
-        part = draw[start : start + chunk]
+    scalers = [s or loss_scaler(p.device, None) for s, p in zip(scalers or [None] * len(pixels), pixels, strict=True)]
+    out = [[] for _ in pixels]
+    active = [b for b, t in enumerate(targets) if t]
+    if not active:
+        return out
+    cutn = guides[active[0]].cutouts.cutn
+    draws = {b: guides[b].cutouts.draw(pixels[b].shape[2], pixels[b].shape[3], generators[b]) for b in active}
+    out = [[torch.zeros((), device=p.device) for _ in t] for p, t in zip(pixels, targets, strict=True)]
+    for group in _passes(draws, cutn, chunk or cutn * len(active)):
         with timer("cutouts"), amp:
-            cuts = guide.cutouts(pixels, part)
+            cuts = [guides[b].cutouts(pixels[b], draws[b][start : start + n]) for b, start, n in group]
+            cuts = cuts[0] if len(cuts) == 1 else torch.cat(cuts)  # (cutouts of the pass, 3, s, s)
         with timer("clip"), amp:
-            embeds = guide.clip.encode_image(cuts).float()
-            parts = [t.loss(embeds) * (len(part) / cutn) for t in targets]
+            embeds = guides[active[0]].clip.encode_image(cuts).float()
+            parts, offset = [], 0
+            for b, _, n in group:
+                mine = embeds if len(group) == 1 else embeds[offset : offset + n]
+                parts.append([t.loss(mine) * (n / cutn) for t in targets[b]])
+                offset += n
         with timer("backward"):
-            scaler.scale(torch.stack(parts).sum()).backward()
-        totals = [total + p.detach() for total, p in zip(totals, parts, strict=True)]
-    return totals
+            scaled = [scalers[b].scale(torch.stack(p).sum()) for (b, _, _), p in zip(group, parts, strict=True)]
+            (scaled[0] if len(scaled) == 1 else torch.stack(scaled).sum()).backward()
+        for (b, _, _), p in zip(group, parts, strict=True):
+            out[b] = [total + x.detach() for total, x in zip(out[b], p, strict=True)]
+    return out
 
 
 def region_losses(guide: Guide, pixels, generator, chunk=None, amp=None, timer=None, scaler=None) -> list:
     """Each region's losses, its cutouts drawn inside its box; the gradient is added into `pixels.grad`."""
-    out = []
-    for region in guide.regions:
+    return batch_region_losses([guide], [pixels], [generator], chunk, amp, timer, [scaler])[0]
+
+
+def batch_region_losses(
+    guides: list[Guide], pixels: list, generators: list, chunk=None, amp=None, timer=None, scalers=None
+):
+    """`region_losses` for a batch of images sharing one CLIP (see batch_clip_losses)."""
+    out = [[] for _ in pixels]
+    for r, region in enumerate(guides[0].regions):
         x0, y0, x1, y1 = region.box
-        part = pixels.detach()[:, :, y0:y1, x0:x1].clone().requires_grad_(True)
-        out += clip_losses(guide, region.targets, part, generator, chunk, amp, timer, scaler)
-        if part.grad is not None:
-            pixels.grad[:, :, y0:y1, x0:x1] += part.grad
+        parts = [p.detach()[:, :, y0:y1, x0:x1].clone().requires_grad_(True) for p in pixels]
+        targets = [g.regions[r].targets for g in guides]
+        losses = batch_clip_losses(guides, targets, parts, generators, chunk, amp, timer, scalers)
+        for b, (p, part) in enumerate(zip(pixels, parts, strict=True)):
+            out[b] += losses[b]
+            if part.grad is not None:
+                p.grad[:, :, y0:y1, x0:x1] += part.grad
     return out
 
 
 def optimize(
+    vqgan, guides: list[Guide], z: torch.Tensor, steps: int, *, generator: torch.Generator, phase_of=None, **kw
+):
+    """Optimise one latent z (1, C, h, w) in place; yield an OptimStep after each step: `optimize_batch`
+    with a batch of one (its arguments, one image's)."""
+    phases = [phase_of] if phase_of is not None else None
+    for states in optimize_batch(vqgan, [guides], [z], steps, generators=[generator], phase_of=phases, **kw):
+        yield states[0]
+
+
+def optimize_batch(
     vqgan,
-    guides: list[Guide],
-    z: torch.Tensor,
+    guides: list[list[Guide]],
+    zs: list[torch.Tensor],
     steps: int,
     *,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
     lr: float = 0.1,
     init_weight: float = 0.0,
-    phase_of: Callable[[int], int] = lambda i: 0,
+    phase_of: list[Callable[[int], int]] | None = None,
     dtype: torch.dtype | None = None,
     clip_chunk: int | None = None,
     checkpointing: bool = False,
@@ -148,106 +202,145 @@ def optimize(
     pixel_loss: Callable[[torch.Tensor], list] | None = None,
     tile: bool = False,
     tracker: Tracker | None = None,
-) -> Iterator[OptimStep]:
-    """Optimise z in place; yield an OptimStep after each step.
+) -> Iterator[list[OptimStep]]:
+    """Optimise B latents in place, each as it would be optimised alone, with one decoder pass and one CLIP
+    pass (per `clip_chunk` cutouts) per step for all of them; yield a list of B OptimSteps after each step.
+
+    Each image keeps everything of its own: its generator (its cutouts, augmentations, noise, roll), its
+    targets, its story phases, its optimiser and loss scale, and its skipped steps, so image b is image b's
+    separate run up to float rounding (the batched matmuls and convolutions sum in another order).
 
     Args:
         vqgan: a frozen VQGAN (vqclip.models.vqgan.VQGAN).
-        guides: the CLIP models with their cutouts and prompt targets.
-        z: the initial latent (1, C, h, w), float32; optimised in place.
+        guides: per image, the CLIP models with their cutouts and prompt targets (the same CLIPs in each).
+        zs: the initial latents, each (1, C, h, w), float32, the same size; optimised in place.
         steps: number of Adam steps.
-        generator: the source of every random draw in the loop (cutouts, augmentations, noise).
+        generators: per image, the source of every random draw in the loop (cutouts, augmentations, noise).
         lr: Adam step size.
         init_weight: weight of the MSE pull towards the initial latent (Crowson's notebook).
-        phase_of: maps a step to its story phase.
+        phase_of: per image, maps a step to its story phase (default: one phase).
         dtype: the autocast dtype of the decoder and CLIP passes (None: fp32); fp16 adds loss scaling.
             The latent, the losses and Adam stay fp32, and so does the nearest-code search.
-        clip_chunk: encode at most this many cutouts at once (bounds CLIP's activation memory).
+        clip_chunk: encode at most this many cutouts at once, all images together (bounds CLIP's activation
+            memory; default: every image's cutouts in one pass).
         checkpointing: recompute the decoder's blocks in the backward pass (bounds its activation memory).
         timer: optional `timer(stage)` context manager factory, for per-stage timings (benchmarks).
         transform: optional z -> z applied every `transform_every` steps (animation); Adam restarts.
         optimizer: the optimiser's name (vqclip.schedules.OPTIMIZERS); lr_schedule: how lr changes over the steps.
-        pixel_loss: optional image -> [weighted losses] (vqclip.losses.PixelLosses), added to the step's loss.
-        tile: roll the image by a random offset (drawn from `generator`) before the global prompts' cutouts.
-        tracker: optional vqclip.schedules.Tracker: scores each step's image on fixed cutouts, keeps the best
-            latent, and ends the loop (before the step) once it says so (--auto-stop).
+        pixel_loss: optional image -> [weighted losses] (vqclip.losses.PixelLosses), added to each image's loss.
+        tile: roll each image by a random offset (drawn from its generator) before the global prompts' cutouts.
+        tracker: optional vqclip.schedules.Tracker (one image only): scores each step's image on fixed cutouts,
+            keeps the best latent, and ends the loop (before the step) once it says so (--auto-stop).
     """
-    z_init = z.detach().clone()
+    batch = len(zs)
+    if tracker is not None and batch != 1:
+        raise ValueError("a Tracker follows one image; optimise a batch without one")
+    phase_of = phase_of or [lambda i: 0] * batch
+    z_inits = [z.detach().clone() for z in zs]
     z_min, z_max = codebook_range(vqgan)
-    z.requires_grad_(True)
-    opt = make_optimizer(optimizer, [z], lr)
-    amp = autocast_context(z.device, dtype)
-    scaler = loss_scaler(z.device, dtype)
+    for z in zs:
+        z.requires_grad_(True)
+    opts = [make_optimizer(optimizer, [z], lr) for z in zs]  # one each: an image's skipped step is its own
+    amp = autocast_context(zs[0].device, dtype)
+    scalers = [loss_scaler(z.device, dtype) for z in zs]
     timer = timer or untimed
     for i in range(steps):
-        phase = phase_of(i)
-        opt.zero_grad(set_to_none=True)
-        # 1. Decode the quantised latent.
+        phases = [p(i) for p in phase_of]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        # 1. Decode the quantised latents, all images in one pass.
         with timer("decoder"), amp:
-            image = synth(vqgan, z, checkpointing)
-        # 2. CLIP losses on the cutouts, back-propagated to the image (a leaf) chunk by chunk.
+            image = synth(vqgan, zs[0] if batch == 1 else torch.cat(zs), checkpointing)  # (B, 3, H, W)
+        # 2. CLIP losses on the cutouts, back-propagated to each image (a leaf) chunk by chunk.
         if tracker is not None:
             with timer("tracker"), amp:
-                tracker.observe(i, phase, z, tracker.guide_loss(guides, phase, image.detach(), clip_chunk))
+                tracker.observe(
+                    i, phases[0], zs[0], tracker.guide_loss(guides[0], phases[0], image.detach(), clip_chunk)
+                )
             if tracker.should_stop(i):
                 tracker.stopped_at = i
                 return
-        pixels = image.detach().requires_grad_(True)
-        pixels.grad = torch.zeros_like(pixels)
-        view, shift = pixels, (0, 0)
+        pixels = [p.clone().requires_grad_(True) for p in image.detach().split(1)]
+        for p in pixels:
+            p.grad = torch.zeros_like(p)
+        views, shifts = pixels, [(0, 0)] * batch
         if tile:  # a random torus roll: the seams fall inside the cutouts, where CLIP sees them
-            shift = tuple(int(torch.randint(n, (), generator=generator)) for n in pixels.shape[2:])
-            view = pixels.detach().roll(shift, (2, 3)).requires_grad_(True)
-        losses = []
-        for guide in guides:
-            losses += clip_losses(guide, guide.phases[phase], view, generator, clip_chunk, amp, timer, scaler)
-            losses += region_losses(guide, pixels, generator, clip_chunk, amp, timer, scaler)
-        if tile and view.grad is not None:
-            pixels.grad += view.grad.roll((-shift[0], -shift[1]), (2, 3))
+            shifts = [tuple(int(torch.randint(n, (), generator=g)) for n in pixels[0].shape[2:]) for g in generators]
+            views = [p.detach().roll(s, (2, 3)).requires_grad_(True) for p, s in zip(pixels, shifts, strict=True)]
+        losses = [[] for _ in zs]
+        for k in range(len(guides[0])):
+            mine = [g[k] for g in guides]
+            targets = [g.phases[phase] for g, phase in zip(mine, phases, strict=True)]
+            for b, part in enumerate(
+                batch_clip_losses(mine, targets, views, generators, clip_chunk, amp, timer, scalers)
+            ):
+                losses[b] += part
+            for b, part in enumerate(batch_region_losses(mine, pixels, generators, clip_chunk, amp, timer, scalers)):
+                losses[b] += part
+        if tile:
+            for p, v, s in zip(pixels, views, shifts, strict=True):
+                if v.grad is not None:
+                    p.grad += v.grad.roll((-s[0], -s[1]), (2, 3))
         # 3. Back through the decoder once, plus the pull towards the initial latent and the pixel losses.
         with timer("backward"):
-            if pixel_loss is not None:
-                extra = pixel_loss(pixels)
-                if extra:
-                    scaler.scale(torch.stack(extra).sum()).backward()
-            image.backward(pixels.grad)
+            extras = [pixel_loss(p) if pixel_loss is not None else [] for p in pixels]
+            scaled = [scalers[b].scale(torch.stack(e).sum()) for b, e in enumerate(extras) if e]
+            if scaled:
+                (scaled[0] if len(scaled) == 1 else torch.stack(scaled).sum()).backward()
+            image.backward(pixels[0].grad if batch == 1 else torch.cat([p.grad for p in pixels]))
             if init_weight:
-                pull = F.mse_loss(z, z_init) * (init_weight / 2)
-                scaler.scale(pull).backward()
-                losses.append(pull.detach())
-            if pixel_loss is not None:
-                losses += [e.detach() for e in extra]
-        # 4. Adam step, skipped when the gradient is not finite (fp16: the scaler also lowers its scale), so
-        # z never takes a NaN; then keep z in the codebook's range.
+                pulls = [F.mse_loss(z, z0) * (init_weight / 2) for z, z0 in zip(zs, z_inits, strict=True)]
+                scaled = [scaler.scale(pull) for scaler, pull in zip(scalers, pulls, strict=True)]
+                (scaled[0] if batch == 1 else torch.stack(scaled).sum()).backward()
+                for b, pull in enumerate(pulls):
+                    losses[b].append(pull.detach())
+            for b, extra in enumerate(extras):
+                losses[b] += [e.detach() for e in extra]
+        # 4. Adam steps, each image's skipped when its gradient is not finite (fp16: its scaler also lowers its
+        # scale), so z never takes a NaN; then keep z in the codebook's range.
+        skipped = []
         with timer("optimiser"):
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(lr_schedule, i, steps)
-            if scaler.is_enabled():
-                scale = scaler.get_scale()
-                scaler.step(opt)
-                scaler.update()
-                skipped = scaler.get_scale() < scale
-            else:
-                skipped = not bool(torch.isfinite(z.grad).all())
-                if not skipped:
-                    opt.step()
-            with torch.no_grad():
-                z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
+            # each image's gradient checked, all in one device sync
+            finite = torch.stack([torch.isfinite(z.grad).all() for z in zs]).tolist()
+            for z, opt, scaler, ok in zip(zs, opts, scalers, finite, strict=True):
+                for group in opt.param_groups:
+                    group["lr"] = lr * lr_factor(lr_schedule, i, steps)
+                if scaler.is_enabled():
+                    scale = scaler.get_scale()
+                    scaler.step(opt)
+                    scaler.update()
+                    skipped.append(scaler.get_scale() < scale)
+                else:
+                    skipped.append(not ok)
+                    if ok:
+                        opt.step()
+                with torch.no_grad():
+                    z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
         if transform is not None and transform_every and (i + 1) % transform_every == 0 and i + 1 < steps:
             with torch.no_grad():
-                z.copy_(transform(z.detach()))
-            opt = make_optimizer(optimizer, [z], lr)  # the moment estimates belonged to the old image
-        values = torch.stack(losses).tolist() if losses else []
-        yield OptimStep(
-            i + 1,
-            math.fsum(values),
-            tuple(values),
-            phase,
-            z.detach().clone(),
-            skipped=skipped,
-            scale=scaler.get_scale(),
-        )
+                for z in zs:
+                    z.copy_(transform(z.detach()))
+            opts = [make_optimizer(optimizer, [z], lr) for z in zs]  # the moment estimates belonged to the old image
+        flat = torch.cat([torch.stack(part) for part in losses if part]).tolist() if any(losses) else []
+        states = []
+        for b, z in enumerate(zs):
+            start = sum(len(part) for part in losses[:b])
+            values = flat[start : start + len(losses[b])]
+            states.append(
+                OptimStep(
+                    i + 1,
+                    math.fsum(values),
+                    tuple(values),
+                    phases[b],
+                    z.detach().clone(),
+                    skipped=skipped[b],
+                    scale=scalers[b].get_scale(),
+                )
+            )
+        yield states
     if tracker is not None and steps:  # the last step's latent is scored too
         with torch.no_grad(), amp:
-            image = synth(vqgan, z, checkpointing)
-            tracker.observe(steps, phase_of(steps - 1), z, tracker.guide_loss(guides, phase_of(steps - 1), image))
+            image = synth(vqgan, zs[0], checkpointing)
+            tracker.observe(
+                steps, phase_of[0](steps - 1), zs[0], tracker.guide_loss(guides[0], phase_of[0](steps - 1), image)
+            )

@@ -23,12 +23,21 @@ def batch_options(f):
 @click.option("--skip-existing", is_flag=True, help="Skip prompts whose finished image is already there (resume).")
 @click.option("--shard", metavar="K/N", help="Take every N-th prompt starting at K [default: from torchrun/Slurm].")
 @click.option("--overwrite", is_flag=True, help="Replace existing images instead of adding a suffix.")
-def batch(prompts, outdir, skip_existing, shard, overwrite, offline, quiet, progress, **params):
+@click.option(
+    "--pack",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="N",
+    help="Optimise N prompts together in one batched step (each image as it is alone; fills a GPU).",
+)
+def batch(prompts, outdir, skip_existing, shard, overwrite, pack, offline, quiet, progress, **params):
     """Generate one image per line of FILE ('-' for stdin), loading the models once.
 
     Seeds are derived from --seed (default 0) and each prompt's line, so a rerun reproduces every image;
     each image gets a line in manifest.jsonl (one manifest per shard). A bad line is reported, marked in
-    the manifest and skipped; the batch exits 1 at the end if any line failed.
+    the manifest and skipped; the batch exits 1 at the end if any line failed. --pack N runs N lines at a
+    time in one batched step: the same images, faster where one image leaves the GPU idle.
     """
     from vqclip.pipeline.batch import BatchOptions, decode_prompts, local_rank, read_prompts, resolve_shard, shard_items
     from vqclip.pipeline.validate import check_device, check_writable
@@ -36,6 +45,7 @@ def batch(prompts, outdir, skip_existing, shard, overwrite, offline, quiet, prog
     items = read_prompts(decode_prompts(_read_bytes(prompts), "stdin" if prompts == "-" else prompts))
     shard_k_n = resolve_shard(shard)
     template = build_config("batch", params)  # the batch seed defaults to 0 in run_batch
+    check_pack(template, pack)
     check_device(template.device)  # before any prompt or model
     outdir = Path(outdir).expanduser()
     check_writable(outdir)
@@ -43,7 +53,7 @@ def batch(prompts, outdir, skip_existing, shard, overwrite, offline, quiet, prog
     _pick_gpu(template.device, local_rank())
     mode = "none" if quiet else progress
     mine = len(shard_items(items, *shard_k_n))
-    options = BatchOptions(outdir, shard_k_n, skip_existing, overwrite)
+    options = BatchOptions(outdir, shard_k_n, skip_existing, overwrite, pack)
     with Reporter(mode) as reporter:
         if shard_k_n[1] > 1:
             reporter.message(f"Shard {shard_k_n[0]}/{shard_k_n[1]}: {_count(mine, 'prompt')}.")
@@ -54,6 +64,21 @@ def batch(prompts, outdir, skip_existing, shard, overwrite, offline, quiet, prog
             reporter.message("No prompts to run.")
     if summary.failed:
         raise VqclipError(f"{summary.failed} of {_count(mine, 'prompt')} failed; see {summary.manifest}.")
+
+
+def check_pack(template, pack: int) -> None:
+    """A batch makes one image per line (--n is generate's); --pack N runs N lines in one step, which what
+    follows one image through its run cannot join. Before any prompt or model."""
+    from vqclip.config import refused_with_n
+
+    if template.n > 1:
+        raise UsageError(
+            f"vqclip batch makes one image per line, so it takes no --n {template.n}; "
+            "--pack N runs N lines together in one step."
+        )
+    one_image = refused_with_n(template) if pack > 1 else ""
+    if one_image:
+        raise UsageError(f"--pack {pack} cannot be combined with {one_image}, which follows one image through its run.")
 
 
 def _run(items, template, options, offline, reporter):

@@ -37,6 +37,15 @@ from vqclip.weights.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
     type=click.IntRange(1),
     help="Torch threads (default: torch's). With 1, CPU seconds measure the work even on a busy machine.",
 )
+@click.option(
+    "--n",
+    "ns",
+    multiple=True,
+    default=(1,),
+    show_default=True,
+    type=click.IntRange(1),
+    help="Images per batched step (generate's --n); repeat to compare (images/s in the table).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per configuration on stdout.")
 @click.option(
     "--isolate/--no-isolate",
@@ -56,6 +65,7 @@ def bench(
     max_memory,
     checkpointing,
     threads,
+    ns,
     as_json,
     isolate,
 ):
@@ -63,51 +73,54 @@ def bench(
     import subprocess
 
     rows = []
-    for size in sizes:
+    for size, precision, n in ((s, p, n) for s in sizes for p in precisions for n in ns):
         parse_size(size)
-        for precision in precisions:
-            if isolate:
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "vqclip",
-                    "bench",
-                    "--no-isolate",
-                    "--json",
-                    "--size",
-                    size,
-                    "--precision",
-                    precision,
-                    "--cutn",
-                    str(cutn),
-                    "--steps",
-                    str(steps),
-                    "--vqgan",
-                    vqgan,
-                    "--device",
-                    device,
-                    "--checkpointing",
-                    checkpointing,
-                    "--random-weights" if random_weights else "--real-weights",
-                ]
-                argv += [a for c in clip for a in ("--clip", c)]
-                if max_memory:
-                    argv += ["--max-memory", str(max_memory)]
-                if threads:
-                    argv += ["--threads", str(threads)]
-                info(f"bench {size} {precision} ...")
-                done = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
-                if done.returncode != 0:
-                    raise VqclipError(f"The benchmark of {size} at {precision} failed (exit {done.returncode}).")
-                row = json.loads(done.stdout.strip().splitlines()[-1])
-            else:
-                from vqclip.bench import bench_config, run_bench
+        if isolate:
+            argv = [
+                sys.executable,
+                "-m",
+                "vqclip",
+                "bench",
+                "--no-isolate",
+                "--json",
+                "--size",
+                size,
+                "--precision",
+                precision,
+                "--cutn",
+                str(cutn),
+                "--steps",
+                str(steps),
+                "--vqgan",
+                vqgan,
+                "--device",
+                device,
+                "--checkpointing",
+                checkpointing,
+                "--random-weights" if random_weights else "--real-weights",
+                "--n",
+                str(n),
+            ]
+            argv += [a for c in clip for a in ("--clip", c)]
+            if max_memory:
+                argv += ["--max-memory", str(max_memory)]
+            if threads:
+                argv += ["--threads", str(threads)]
+            info(f"bench {size} {precision} n={n} ...")
+            done = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                raise VqclipError(
+                    f"The benchmark of {size} at {precision} with --n {n} failed (exit {done.returncode})."
+                )
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+        else:
+            from vqclip.bench import bench_config, run_bench
 
-                cfg = bench_config(parse_size(size), cutn, precision, device, vqgan, clip)
-                row = run_bench(cfg, steps, random_weights, max_memory, checkpointing, threads)
-            rows.append(row)
-            if as_json:
-                click.echo(json.dumps(row))
+            cfg = bench_config(parse_size(size), cutn, precision, device, vqgan, clip)
+            row = run_bench(cfg, steps, random_weights, max_memory, checkpointing, threads, n)
+        rows.append(row)
+        if as_json:
+            click.echo(json.dumps(row))
     if not as_json:
         _bench_table(rows)
 
@@ -135,9 +148,11 @@ def _bench_table(rows):
     table = Table(
         "size",
         "precision",
+        "n",
         "weights",
         "plan",
         "step s",
+        "images/s",
         *STAGES,
         "peak GiB",
         "est. GiB",
@@ -156,9 +171,11 @@ def _bench_table(rows):
         table.add_row(
             "x".join(map(str, r["size"])),
             r["precision"],
+            str(r.get("n", 1)),
             r["weights"],
             plan_text,
             f"{r['step_s']:.2f}",
+            f"{r.get('images_per_s', 1 / r['step_s']):.2f}",
             *(f"{r['stages_s'][s]:.2f}" for s in STAGES),
             f"{r['peak_memory'] / gib:.2f}",
             f"{plan['estimate'] / gib:.2f}",

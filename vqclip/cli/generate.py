@@ -1,6 +1,7 @@
 """`vqclip generate` (also `vqclip "PROMPT"`) and `vqclip replay`: parse, then validate -> load -> prepare ->
 write (vqclip.pipeline), printing the notes and the output path."""
 
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
@@ -52,35 +53,61 @@ def run_command(
         if inputs and inputs.get(path, digest) != digest:
             raise UsageError(f"The image was made from {path}, which has changed since (its sha256 differs).")
     piped = to_stdout(output)  # -o -: the PNG goes to stdout, written first in stdout_folder()
-    name = default_name(request.name_stem, request.cfg.seed)
-    path = output_path(str(stdout_folder()) + "/" if piped else output, name)
-    check_output_file(path, sys.stdout.isatty(), piped)
+    if request.cfg.n > 1:
+        check_many(request.cfg.n, output, piped, save_every, frames, video)
+    names = [default_name(request.name_stem, c.seed) for c in request.cfg.images()]  # --n: one per seed
+    paths = [output_path(str(stdout_folder()) + "/" if piped else output, name) for name in names]
+    for path in paths:
+        check_output_file(path, sys.stdout.isatty(), piped)
     if piped and frames == "-":
         raise UsageError("-o - and --frames - both write to standard output; give one of them a file or folder.")
-    out = OutputOptions(path, overwrite, save_every, sys.stdout.buffer if frames == "-" else frames, video)
-    check_outputs(out)
+    frame_sink = sys.stdout.buffer if frames == "-" else frames
+    outs = [OutputOptions(path, overwrite, save_every, frame_sink, video) for path in paths]
+    for out in outs:
+        check_outputs(out)
     if frames == "-" or piped:
         STDOUT["taken"] = True
     with Reporter(progress_mode) as reporter:
         # loaded for this image only: no more than it needs (a canvas keeps the text towers for its class)
         models = load(request, offline, reporter, encoder=request.encodes_images, text_towers=bool(cfg.transformer))
-        from vqclip.pipeline.prepare import prepare
-        from vqclip.pipeline.write import write
+        from vqclip.pipeline.prepare import prepare, split
+        from vqclip.pipeline.write import write_many
 
         job = prepare(request, models, stop_after=stop_after)
         for note in job.notes:
             reporter.message(note)
-        result = write(job, models, out, progress=reporter)
+        results = write_many(split(job), models, outs, progress=reporter)
+    result = results[-1]
     if piped:
         from vqclip.output import send_to_stdout
 
         send_to_stdout(result.path)
     elif frames != "-":
-        click.echo(str(result.path))
+        for each in results:
+            click.echo(str(each.path))
     else:
         reporter.message(f"The final image is in {result.path}.")
     if result.video is not None:
         click.echo(str(result.video), err=piped)  # an output like the PNG: its path on stdout, after the PNG's
+
+
+def check_many(n: int, output, piped: bool, save_every: int, frames, video) -> None:
+    """--n N writes N images, each named for its seed: -o may name their folder, not one file or stdout, and what
+    follows one image's steps (frames, a video, a preview) is refused; before any model loads."""
+    one = [
+        ("-o -", piped),
+        ("--frames", frames is not None),
+        ("--video", video is not None),
+        ("--save-every", bool(save_every)),
+    ]
+    refused = ", ".join(name for name, on in one if on)
+    if refused:
+        raise UsageError(f"--n {n} writes {n} images, so it cannot be combined with {refused}, which follow one image.")
+    if output is not None and not Path(output).expanduser().is_dir() and not output.endswith(("/", os.sep)):
+        raise UsageError(
+            f"--n {n} writes {n} images, each named PROMPT-SLUG_sSEED.png: -o {output} names one file.",
+            "Give -o a folder (ending in / if it does not exist yet), or leave -o out.",
+        )
 
 
 def load(request, offline: bool, reporter: Reporter, **keep):

@@ -197,6 +197,14 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
             help="A prompt whose cutouts lie in this box (fractions of the canvas); repeatable.",
         ),
         click.option("--tile", is_flag=True, help="Seamless tiling: a random torus roll before each step's cutouts."),
+        click.option(
+            "--n",
+            "n",
+            default=d("n"),
+            show_default=True,
+            type=click.IntRange(1),
+            help="N images of the prompt in one batched step; image i has seed SEED+i and replays alone.",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default=d("device"), show_default=True),
         click.option(
             "--precision",
@@ -287,7 +295,7 @@ CONFIG_FIELDS = (
     "size steps seed cutn cut_pow lr init init_image init_weight image_prompts noise_prompts "
     "change_prompt_every vqgan vqgan_config clip augment noise_fac resample device precision max_memory frames_every "
     "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps upscale compile deterministic "
-    "optimizer lr_schedule auto_stop keep tv saturation symmetry palette palette_weight regions tile"
+    "optimizer lr_schedule auto_stop keep tv saturation symmetry palette palette_weight regions tile n"
 ).split()
 
 

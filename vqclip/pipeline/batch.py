@@ -156,6 +156,7 @@ class BatchOptions:
     shard: tuple[int, int] = (0, 1)  # (K, N): this process takes every N-th prompt starting at K
     skip_existing: bool = False  # resume: a prompt whose finished image exists is skipped (already_done)
     overwrite: bool = False
+    pack: int = 1  # prompts optimised together in one batched step (--pack), each as it would be alone
 
 
 @dataclass
@@ -165,6 +166,15 @@ class BatchSummary:
     failed: int = 0  # bad prompts and out-of-memory images
     oom: int = 0  # of those, out of memory (planned or met)
     manifest: Path | None = None
+
+
+@dataclass
+class _Waiting:
+    """A validated prompt waiting for its pack: its manifest entry, its request and where its image goes."""
+
+    entry: dict
+    request: object
+    path: Path
 
 
 def run_batch(
@@ -180,26 +190,24 @@ def run_batch(
 ) -> BatchSummary:
     """Generate one image per prompt with the models loaded once (by `load(request)`, on the first image that
     runs). Each line is validated, prepared and written like a single image; its seed comes from the batch
-    seed (0 unless the template has one) and its line. Bad prompts are recorded in the manifest and skipped;
-    so is an image that does not fit in memory (`status: oom`, whether the plan refused it or the device ran
+    seed (0 unless the template has one) and its line. With `options.pack` N, N prompts at a time (in file
+    order, once the bad and the skipped are set aside) run in one batched step, each image what it is alone
+    up to float rounding. Bad prompts are recorded in the manifest and skipped; so is an image (a pack: each
+    of its images) that does not fit in memory (`status: oom`, whether the plan refused it or the device ran
     out), after which the memory it held is given back and the batch goes on; an interrupted image is
     recorded as such (its latest image in NAME.partial.png) and the interruption goes on to the caller."""
-    import torch
-
     from vqclip.output import OutputOptions, remove_stale_temps
-    from vqclip.pipeline.prepare import prepare
     from vqclip.pipeline.validate import validate
-    from vqclip.pipeline.write import write
 
     k, n = options.shard
     items = shard_items(items, k, n)
     summary = BatchSummary(manifest=manifest_path(options.outdir, k, n))
     base_seed = template.seed if template.seed is not None else 0
     models = None
-    device_oom = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+    waiting: list[_Waiting] = []
     remove_stale_temps(options.outdir)  # what writers killed mid-write left (never a live writer's, vqclip.output)
+    run = lambda models: _run_pack(waiting, models, load, options, summary, progress, on_saved, on_error)  # noqa: E731
     for number, item in enumerate(items, start=1):
-        ran_out = False
         seed = derive_seed(base_seed, item.line)
         progress(Progress("batch", number - 1, len(items), unit="image", stage=item.prompt))
         entry = {"line": item.line, "prompt": item.prompt, "seed": seed}
@@ -208,40 +216,75 @@ def run_batch(
             request = validate(replace(template, prompt=item.prompt, seed=seed))
             path = options.outdir / image_name(item.line, request.name_stem, request.cfg.seed)
             done = already_done(path, request.cfg) if options.skip_existing else None
-            if done is not None:
-                summary.skipped += 1
-                settle(done, entry, summary.manifest, OutputOptions(path).partial_path)
-                on_skipped(item.line, done)  # still one of the batch's images
-                continue
-            models = models or load(request)
-            result = write(prepare(request, models), models, OutputOptions(path, options.overwrite), progress=progress)
-            entry.update(path=str(result.path), loss=result.loss, status="ok")
-            summary.done += 1
-            on_saved(result.path)
         except UsageError as err:
             summary.failed += 1
-            entry.update(status="error", error=err.message)
+            entry.update(status="error", error=err.message, seconds=round(time.perf_counter() - start, 3))
+            append_manifest(summary.manifest, entry)
             on_error(item.line, err)
-        except (OutOfMemoryError, *device_oom) as err:
-            oom = err if isinstance(err, OutOfMemoryError) else _device_oom(err, template)
-            summary.failed += 1
-            summary.oom += 1
-            ran_out = True
-            entry.update(status="oom", error=oom.message)
-            on_error(item.line, oom)
-        except (Interrupted, KeyboardInterrupt) as err:
-            saved = getattr(err, "saved", None)
-            entry.update(status="interrupted", path=str(saved) if saved else None)
-            entry["steps_done"] = getattr(err, "steps_done", None)
-            raise
-        finally:
-            if "status" in entry:  # not for a skipped image
-                entry["seconds"] = round(time.perf_counter() - start, 3)
-                append_manifest(summary.manifest, entry)
-        if ran_out:  # here, where the failed image's tensors (held by the traceback) are gone
-            _release_memory(models)
+            continue
+        if done is not None:
+            summary.skipped += 1
+            settle(done, entry, summary.manifest, OutputOptions(path).partial_path)
+            on_skipped(item.line, done)  # still one of the batch's images
+            continue
+        waiting.append(_Waiting(entry, request, path))
+        if len(waiting) == options.pack:
+            models = run(models)
+            waiting.clear()
+    if waiting:
+        models = run(models)
     progress(Progress("batch", len(items), len(items), unit="image"))
     return summary
+
+
+def _run_pack(waiting: list[_Waiting], models, load, options, summary, progress, on_saved, on_error):
+    """Prepare and write the waiting prompts in one batched step (one prompt: a single image's run) and record
+    each in the manifest; returns the models (loaded for the first that runs)."""
+    import torch
+
+    from vqclip.output import OutputOptions
+    from vqclip.pipeline.prepare import pack, prepare
+    from vqclip.pipeline.write import write_many
+
+    device_oom = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+    start, ran_out = time.perf_counter(), False
+    try:
+        models = models or load(waiting[0].request)
+        jobs = pack([prepare(w.request, models) for w in waiting], models)
+        outs = [OutputOptions(w.path, options.overwrite) for w in waiting]
+        for w, result in zip(waiting, write_many(jobs, models, outs, progress=progress), strict=True):
+            w.entry.update(path=str(result.path), loss=result.loss, status="ok")
+            summary.done += 1
+            on_saved(result.path)
+    except UsageError as err:
+        for w in waiting:
+            summary.failed += 1
+            w.entry.update(status="error", error=err.message)
+            on_error(w.entry["line"], err)
+    except (OutOfMemoryError, *device_oom) as err:
+        oom = err if isinstance(err, OutOfMemoryError) else _device_oom(err, waiting[0].request.cfg)
+        ran_out = True
+        for w in waiting:
+            summary.failed += 1
+            summary.oom += 1
+            w.entry.update(status="oom", error=oom.message)
+            on_error(w.entry["line"], oom)
+    except (Interrupted, KeyboardInterrupt) as err:
+        saved = getattr(err, "saved_each", None) or []
+        for w, kept in zip(waiting, saved if len(saved) == len(waiting) else [None] * len(waiting), strict=True):
+            w.entry.update(status="interrupted", path=str(kept) if kept else None)
+            w.entry["steps_done"] = getattr(err, "steps_done", None)
+        raise
+    finally:
+        for w in waiting:
+            if "status" in w.entry:
+                w.entry["seconds"] = round(time.perf_counter() - start, 3)  # a pack's: the whole step's time
+                if len(waiting) > 1:
+                    w.entry["pack"] = len(waiting)
+                append_manifest(summary.manifest, w.entry)
+    if ran_out:  # here, where the failed step's tensors (held by the traceback) are gone
+        _release_memory(models)
+    return models
 
 
 def _device_oom(err: BaseException, cfg) -> OutOfMemoryError:

@@ -2,6 +2,7 @@
 run the optimisation loop (vqclip.optimize) and report each step. A plain run is this stage alone; a large
 canvas runs it at the base size and again to refine (vqclip.pipeline.canvas)."""
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from vqclip.events import Progress, ProgressFn, Step, ignore
 from vqclip.guidance import Guide, RegionTargets, Target, embed_image_prompt
 from vqclip.images import fit, to_pil, to_tensor
 from vqclip.losses import PixelLosses
-from vqclip.optimize import decode_image, optimize
+from vqclip.optimize import decode_image, optimize_batch
 from vqclip.prompts import phase_at
 from vqclip.schedules import Tracker
 from vqclip.tiling import circular
@@ -111,24 +112,64 @@ def optimise(
     """Optimise a latent under CLIP guidance for `cfg.steps` steps at `cfg.size`, with `plan`'s memory
     settings. Everything random is seeded from `cfg.seed` before anything random happens; `z` starts from a
     given latent instead of the request's init (a canvas's refinement). Steps are counted from `first` (the
-    steps of earlier stages), and the loop ends after step `stop_after` of the whole run."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    z = z.clone().float() if z is not None else initial_latent(models, job.request, cfg.size, generator)
-    guides = build_guides(models, job.texts, job.request, cfg.size, generator, job.region_texts)
-    n_phases = len(guides[0].phases)
+    steps of earlier stages), and the loop ends after step `stop_after` of the whole run. One image:
+    `optimise_many` with a batch of one."""
+    zs = [z] if z is not None else None
+    return optimise_many(
+        [job],
+        models,
+        [cfg],
+        plan,
+        zs,
+        stage=stage,
+        first=first,
+        progress=progress,
+        on_step=on_step,
+        stop_after=stop_after,
+    )[0]
+
+
+def optimise_many(
+    jobs: list,
+    models,
+    cfgs: list,
+    plan,
+    zs: list | None = None,
+    *,
+    stage: str = "",
+    first: int = 0,
+    progress: ProgressFn = ignore,
+    on_step: StepFn | None = None,
+    stop_after: int | None = None,
+) -> list[StageResult]:
+    """`optimise` for several images in one batched step (--n, batch --pack): image b is job b at config b,
+    with its own generator seeded from its own seed, its own initial latent, guides and story phases, so it
+    is that config's separate run up to float rounding. The configs differ in prompt and seed only; `plan`
+    is made for all of them together. `on_step` gets each image's Step (its `index` in the batch)."""
+    cfg = cfgs[0]
+    generators = [torch.Generator().manual_seed(c.seed) for c in cfgs]
+    if zs is None:
+        zs = [initial_latent(models, j.request, c.size, g) for j, c, g in zip(jobs, cfgs, generators, strict=True)]
+    else:
+        zs = [z.clone().float() for z in zs]
+    guides = [
+        build_guides(models, j.texts, j.request, c.size, g, j.region_texts)
+        for j, c, g in zip(jobs, cfgs, generators, strict=True)
+    ]
+    phase_of = [_phases(len(g[0].phases), c) for g, c in zip(guides, cfgs, strict=True)]
     pixel_loss = PixelLosses(
-        cfg.tv, cfg.saturation, cfg.symmetry, job.request.palette, cfg.palette_weight, wrap=cfg.tile
+        cfg.tv, cfg.saturation, cfg.symmetry, jobs[0].request.palette, cfg.palette_weight, wrap=cfg.tile
     )
     tracker = Tracker(cfg.seed, cfg.keep == "best", cfg.auto_stop) if cfg.keep == "best" or cfg.auto_stop else None
-    loop = optimize(
+    loop = optimize_batch(
         models.vqgan,
         guides,
-        z,
+        zs,
         cfg.steps,
-        generator=generator,
+        generators=generators,
         lr=cfg.lr,
         init_weight=cfg.init_weight,
-        phase_of=lambda i: phase_at(i, n_phases, cfg.steps, cfg.change_prompt_every),
+        phase_of=phase_of,
         dtype=models.dtype,
         clip_chunk=plan.clip_chunk,
         checkpointing=plan.checkpointing,
@@ -141,29 +182,38 @@ def optimise(
         tracker=tracker,
     )
     with circular(models.vqgan, cfg.tile):
-        return _follow(loop, job, models, cfg, z, tracker, stage, first, progress, on_step, stop_after)
+        return _follow(loop, jobs[0], models, cfg, zs, tracker, stage, first, progress, on_step, stop_after)
 
 
-def _follow(loop, job, models, cfg, z, tracker, stage, first, progress, on_step, stop_after) -> StageResult:
-    """Run the loop, reporting each step; the stage's result."""
-    loss, done = float("nan"), first
+def _phases(n_phases: int, cfg):
+    return lambda i: phase_at(i, n_phases, cfg.steps, cfg.change_prompt_every)
+
+
+def _follow(loop, job, models, cfg, zs, tracker, stage, first, progress, on_step, stop_after) -> list[StageResult]:
+    """Run the loop, reporting each step (one Step per image); each image's result."""
+    losses, done = [float("nan")] * len(zs), first
     if stop_after is not None and stop_after <= first:
-        return StageResult(z.detach(), loss, done)
-    for state in loop:
+        return [StageResult(z.detach(), loss, done) for z, loss in zip(zs, losses, strict=True)]
+    for states in loop:
         stop_if_signalled()  # a signal whose exception was lost on its way up still ends the run here
-        loss, done = state.loss, first + state.i
-        if on_step is not None:  # first: a step that was reported is a step that is kept
-            image = lambda latent=state.z: decode(models, latent, cfg.tile)  # noqa: E731
-            on_step(Step(done, job.total_steps, loss, list(state.losses), state.phase, stage, state.z, image))
-        progress(Progress("optimize", state.i, cfg.steps, stage=stage, loss=loss, phase=state.phase))
+        losses, done = [s.loss for s in states], first + states[0].i
+        for index, state in enumerate(states):
+            if on_step is not None:  # first: a step that was reported is a step that is kept
+                image = lambda latent=state.z: decode(models, latent, cfg.tile)  # noqa: E731
+                on_step(
+                    Step(
+                        done, job.total_steps, state.loss, list(state.losses), state.phase, stage, state.z, image, index
+                    )
+                )
+        loss = losses[0] if len(losses) == 1 else math.fsum(losses) / len(losses)
+        progress(Progress("optimize", states[0].i, cfg.steps, stage=stage, loss=loss, phase=states[0].phase))
         if done == stop_after:
             break
     else:
-        if tracker is not None:
-            if tracker.keep_best and tracker.best_z is not None:
-                z = tracker.best_z
-            return StageResult(z.detach(), loss, done, tracker=tracker.record())
-    return StageResult(z.detach(), loss, done)
+        if tracker is not None:  # one image (optimize_batch follows no batch)
+            z = tracker.best_z if tracker.keep_best and tracker.best_z is not None else zs[0]
+            return [StageResult(z.detach(), losses[0], done, tracker=tracker.record())]
+    return [StageResult(z.detach(), loss, done) for z, loss in zip(zs, losses, strict=True)]
 
 
 def run_guided(
@@ -171,3 +221,10 @@ def run_guided(
 ) -> StageResult:
     """The plain run: one CLIP-guided optimisation of the job at its size."""
     return optimise(job, models, job.cfg, job.plan, progress=progress, on_step=on_step, stop_after=stop_after)
+
+
+def run_guided_many(jobs: list, models, *, progress: ProgressFn = ignore, on_step: StepFn | None = None) -> list:
+    """Plain runs of several jobs in one batched step (see optimise_many); their plan is the first job's, made
+    for all of them (vqclip.pipeline.prepare.split and pack)."""
+    cfgs = [j.cfg for j in jobs]
+    return optimise_many(jobs, models, cfgs, jobs[0].plan, progress=progress, on_step=on_step)

@@ -116,16 +116,42 @@ def prepare(request: Request, models, plan: Plan | None = None, stop_after: int 
         if base is not None and not cfg.refine_steps:
             plan = base_plan  # no CLIP step runs at the full size
         else:
-            plan = make_plan(models, rounded, cfg.cutn, max_memory=cfg.max_memory)
+            plan = make_plan(models, rounded, cfg.cutn, max_memory=cfg.max_memory, images=cfg.n)
     steps = f"{cfg.steps} step{'s' if cfg.steps != 1 else ''}" + (
         f" at {base.size[0]}x{base.size[1]}, then the transformer" if base else ""
     )
-    notes.append(f"{rounded[0]}x{rounded[1]}, seed {cfg.seed}, {steps} on {models.device.type} ({models.precision}).")
+    seeds = (
+        f"seed {cfg.seed}" if cfg.n == 1 else f"{cfg.n} images in one step, seeds {cfg.seed} to {cfg.seed + cfg.n - 1}"
+    )
+    notes.append(f"{rounded[0]}x{rounded[1]}, {seeds}, {steps} on {models.device.type} ({models.precision}).")
     for p in (base_plan, plan) if base else (plan,):
-        if p.checkpointing or p.clip_chunk < cfg.cutn:
+        if p.checkpointing or p.clip_chunk < cfg.cutn * cfg.n:
             notes.append(
                 f"Memory plan: about {p.estimate / 2**30:.1f} of {p.budget / 2**30:.1f} GiB, with decoder "
                 f"checkpointing {'on' if p.checkpointing else 'off'} and CLIP chunks of {p.clip_chunk}."
             )
     regions = encode_regions(models, request)
     return Job(request, cfg, plan, texts, tuple(notes), base, base_plan, chosen, stop_after, regions)
+
+
+def split(job: Job) -> list[Job]:
+    """--n N: the job's N images as jobs of one image each (GenerationConfig.images: seeds seed ... seed+N-1,
+    each with n = 1, which its record holds and `vqclip replay` reruns alone), sharing the prompts' embeddings
+    and the plan made for all N."""
+    if job.cfg.n == 1:
+        return [job]
+    return [replace(job, cfg=cfg, request=replace(job.request, cfg=cfg)) for cfg in job.cfg.images()]
+
+
+def pack(jobs: list[Job], models) -> list[Job]:
+    """Jobs that run in one batched step (`vqclip batch --pack`): one plan made for all of them. They must differ
+    only in what a batched step keeps per image (prompt and seed; a batch's lines do), not in size, cutouts or
+    what follows one image through its run."""
+    if len(jobs) == 1:
+        return jobs
+    first = jobs[0].cfg
+    for job in jobs[1:]:
+        if replace(job.cfg, prompt=first.prompt, seed=first.seed) != first:
+            raise UsageError("Jobs packed into one step must share every setting but the prompt and the seed.")
+    plan = make_plan(models, first.size, first.cutn, max_memory=first.max_memory, images=len(jobs))
+    return [replace(job, plan=plan) for job in jobs]

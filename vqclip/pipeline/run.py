@@ -7,11 +7,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from vqclip.config import GenerationConfig
-from vqclip.errors import OutOfMemoryError
+from vqclip.errors import OutOfMemoryError, UsageError
 from vqclip.events import ProgressFn, ignore
 from vqclip.models import Models
-from vqclip.pipeline.guided import StepFn, decode, run_guided
-from vqclip.pipeline.prepare import Job, prepare
+from vqclip.pipeline.guided import StepFn, decode, run_guided, run_guided_many
+from vqclip.pipeline.prepare import Job, prepare, split
 from vqclip.pipeline.validate import validate
 
 
@@ -36,10 +36,19 @@ class Result:
     path: object = None  # where the PNG was written (vqclip.pipeline.write), a Path
     video: object = None  # where the --video was written (vqclip.pipeline.write), a Path
     tracker: dict | None = None  # --keep best / --auto-stop: the step kept, where it stopped, the guide losses
+    batch: dict | None = None  # made in a batched step (--n, batch --pack): {"images": N, "index": i}
 
 
 def make_result(
-    job: Job, models: Models, z, loss: float, steps_done: int, seconds: float = 0.0, canvas=None, tracker=None
+    job: Job,
+    models: Models,
+    z,
+    loss: float,
+    steps_done: int,
+    seconds: float = 0.0,
+    canvas=None,
+    tracker=None,
+    batch=None,
 ) -> Result:
     """The one way a Result is made: a finished run's (one that --auto-stop ended early is finished too), or
     the latest image of an interrupted one."""
@@ -58,6 +67,7 @@ def make_result(
         inputs=job.request.inputs,
         canvas=canvas,
         tracker=tracker,
+        batch=batch,
     )
 
 
@@ -78,6 +88,23 @@ def run(job: Job, models: Models, *, progress: ProgressFn = ignore, on_step: Ste
         raise out_of_memory(job.cfg) from err
 
 
+def run_many(jobs: list[Job], models: Models, *, progress: ProgressFn = ignore, on_step: StepFn | None = None) -> list:
+    """Run jobs in one batched step (--n, `batch --pack`; made by vqclip.pipeline.prepare.split or pack):
+    their Results, each what its job gives alone up to float rounding. One job is `run`."""
+    if len(jobs) == 1:
+        return [run(jobs[0], models, progress=progress, on_step=on_step)]
+    start = time.perf_counter()
+    try:
+        outs = run_guided_many(jobs, models, progress=progress, on_step=on_step)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+        raise out_of_memory(jobs[0].cfg, len(jobs)) from err
+    seconds = time.perf_counter() - start
+    return [
+        make_result(j, models, o.z, o.loss, o.steps_done, seconds, batch={"images": len(jobs), "index": i})
+        for i, (j, o) in enumerate(zip(jobs, outs, strict=True))
+    ]
+
+
 def upscale(result: Result, models: Models, tile: int = 256, progress: ProgressFn = ignore) -> Result:
     """The result upscaled by its config's factor with the models' Real-ESRGAN, recorded; the one upscaling
     path (the API, the CLI's write step and `vqclip upscale` all come here)."""
@@ -95,11 +122,14 @@ def upscale_image(upscaler, upscaler_record: dict, image, factor: int, tile: int
     return esrgan(upscaler, image, factor, tile, progress=progress), {**upscaler_record, "factor": factor, "tile": tile}
 
 
-def out_of_memory(cfg: GenerationConfig) -> OutOfMemoryError:
+def out_of_memory(cfg: GenerationConfig, images: int = 1) -> OutOfMemoryError:
     w, h = cfg.size
+    several = f" for {images} images in one step" if images > 1 else ""
     return OutOfMemoryError(
-        f"Out of memory at {w}x{h} with {cfg.cutn} cutouts.",
-        "Try a smaller --size or --cutn, or --max-memory below what the device has so the plan checkpoints.",
+        f"Out of memory at {w}x{h} with {cfg.cutn} cutouts{several}.",
+        "Try a smaller --size or --cutn"
+        + (", fewer images in one step" if images > 1 else "")
+        + ", or --max-memory below what the device has so the plan checkpoints.",
     )
 
 
@@ -128,6 +158,8 @@ def generate(
     from vqclip.pipeline.load import load_models
 
     cfg = prompt if isinstance(prompt, GenerationConfig) else replace(config or GenerationConfig(prompt), prompt=prompt)
+    if cfg.n > 1:
+        raise UsageError(f"vqclip.generate makes one image; vqclip.generate_many makes the {cfg.n} of n={cfg.n}.")
     request = validate(cfg)
     if models is None:  # loaded for this request only: no more than it needs
         models = load_models(
@@ -135,3 +167,23 @@ def generate(
         )
     result = run(prepare(request, models), models, progress=progress, on_step=callback)
     return upscale(result, models, progress=progress) if result.config.upscale > 1 else result
+
+
+def generate_many(
+    config: GenerationConfig,
+    *,
+    models: Models | None = None,
+    progress: ProgressFn = ignore,
+    callback: StepFn | None = None,
+    offline: bool | None = None,
+) -> list[Result]:
+    """`config.n` images of one prompt in one batched step (--n): image i is what `generate` gives for seed
+    `config.seed + i` (up to float rounding), and its config says so (n = 1). Arguments as for `generate`;
+    `callback` gets each image's Step (its `index`)."""
+    from vqclip.pipeline.load import load_models
+
+    request = validate(config)
+    if models is None:
+        models = load_models(request, offline, progress, encoder=request.encodes_images, text_towers=False)
+    results = run_many(split(prepare(request, models)), models, progress=progress, on_step=callback)
+    return [upscale(r, models, progress=progress) if r.config.upscale > 1 else r for r in results]

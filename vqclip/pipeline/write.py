@@ -23,7 +23,7 @@ from vqclip.metadata import parameters, read_record, record
 from vqclip.models import Models
 from vqclip.output import FrameSink, OutputOptions, VideoPipeBroken, png_info, save_png
 from vqclip.pipeline.prepare import Job
-from vqclip.pipeline.run import Result, make_result, run, upscale
+from vqclip.pipeline.run import Result, make_result, run, run_many, upscale
 
 
 class PipeClosed(Exception):
@@ -133,30 +133,71 @@ def write(job: Job, models: Models, out: OutputOptions, progress: ProgressFn = i
                 closed = FramePipeClosed("The frame pipe was closed.")
                 closed.saved = saved
                 raise closed from None
-            signal_name, code = (err.signal_name, err.exit_code) if isinstance(err, Interrupted) else ("Ctrl-C", 130)
-            raise Interrupted(signal_name, code, saved, partial and partial.steps_done) from None
-        if job.cfg.upscale > 1:
-            try:
-                result = upscale(result, models, progress=progress)
-            except (VqclipError, RuntimeError, MemoryError) as err:
-                saved = save(result, out.path, out.overwrite)
-                error = VqclipError(f"Upscaling failed ({err}); the image as generated is in {saved}.")
-                error.saved = saved
-                raise error from err
-        result.path = saved = save(result, out.path, out.overwrite)
-        if result.complete and same_image(out.partial_path, job.cfg):  # it replaces its interrupted attempt
-            out.partial_path.unlink()
+            raise _interrupted(err, [saved] if saved else [], partial and partial.steps_done) from None
+        result = finish(result, models, out, progress)
         try:
             result.video = watcher.finish()
         except (OSError, VqclipError) as err:
-            error = OutputError(f"{getattr(err, 'message', err)} The final image is in {saved}.")
-            error.saved = saved
+            error = OutputError(f"{getattr(err, 'message', err)} The final image is in {result.path}.")
+            error.saved = result.path
             raise error from err
     finally:
         watcher.close()  # removes the preview, and discards a video that did not finish
     if watcher.sink_error is not None:
         err = watcher.sink_error
-        error = OutputError(f"Writing the frames failed ({err.strerror or err}); the final image is in {saved}.")
-        error.saved = saved
+        error = OutputError(f"Writing the frames failed ({err.strerror or err}); the final image is in {result.path}.")
+        error.saved = result.path
         raise error
     return result
+
+
+def finish(result: Result, models: Models, out: OutputOptions, progress: ProgressFn = ignore) -> Result:
+    """A finished run's image: upscaled when its config asks (a failed upscale keeps the image as generated),
+    saved, and its interrupted attempt's OUTPUT.partial.png removed."""
+    if result.config.upscale > 1:
+        try:
+            result = upscale(result, models, progress=progress)
+        except (VqclipError, RuntimeError, MemoryError) as err:
+            saved = save(result, out.path, out.overwrite)
+            error = VqclipError(f"Upscaling failed ({err}); the image as generated is in {saved}.")
+            error.saved = saved
+            raise error from err
+    result.path = save(result, out.path, out.overwrite)
+    if result.complete and same_image(out.partial_path, result.config):  # it replaces its interrupted attempt
+        out.partial_path.unlink()
+    return result
+
+
+def _interrupted(err, saved: list, steps_done) -> Interrupted:
+    """The Interrupted that goes up, naming where the latest image(s) went."""
+    signal_name, code = (err.signal_name, err.exit_code) if isinstance(err, Interrupted) else ("Ctrl-C", 130)
+    error = Interrupted(signal_name, code, saved[0] if saved else None, steps_done)
+    error.saved_each = saved
+    if len(saved) > 1:  # the paths on stdout, one a line, as finished images' are
+        error.message = f"Interrupted ({signal_name}) after {steps_done} steps; the latest images are in {', '.join(map(str, saved))}."
+        error.saved = "\n".join(map(str, saved))
+    return error
+
+
+def write_many(jobs: list[Job], models: Models, outs: list[OutputOptions], progress: ProgressFn = ignore) -> list:
+    """Run jobs in one batched step (vqclip.pipeline.run.run_many) and write each image with its own record,
+    as `write` writes one (one job is `write`). Frames, videos and previews are refused before a batched step
+    (they follow one image); an interrupted step writes each image's latest to its OUTPUT.partial.png."""
+    if len(jobs) == 1:
+        return [write(jobs[0], models, outs[0], progress)]
+    latest: dict = {}
+
+    def keep(step: Step) -> None:
+        latest[step.index] = step
+
+    try:
+        results = run_many(jobs, models, progress=progress, on_step=keep)
+    except (KeyboardInterrupt, Interrupted) as err:
+        saved = []
+        for index, step in sorted(latest.items()):
+            partial = make_result(
+                jobs[index], models, step.z, step.loss, step.i, batch={"images": len(jobs), "index": index}
+            )
+            saved.append(write_partial(partial, outs[index].partial_path))
+        raise _interrupted(err, saved, latest[0].i if latest else None) from None
+    return [finish(r, models, out, progress) for r, out in zip(results, outs, strict=True)]
