@@ -1,22 +1,21 @@
 """--n N and `vqclip batch --pack N` (issue 29): N images in one batched step, each what its own run gives.
 
-A batched step differs from N separate runs only in float rounding: oneDNN's convolutions and the matmuls
-round differently for a batch of 3 than for one image (the shapes decoder by up to 1.3e-5 in fp32, CLIP A by
-4e-6). The optimisation amplifies any rounding difference, as a change of thread count does (README, --seed):
+On the CPU the batched step runs the decoder and CLIP image by image (vqclip.optimize.batched_kernels):
+a batch of 3 rounds differently from one image (the shapes decoder by up to 1.3e-5 in fp32, CLIP A by 4e-6),
+and the optimisation amplifies any rounding difference, as a change of thread count does (README, --seed):
 Adam's first steps move every latent element by +-lr whatever the size of its gradient, so an element whose
 gradient is rounding noise goes either way, and the nearest-code search turns that into other codes. Measured
-on kind C (Intel Xeon, family 6 model 167, one thread): after 8 steps at 64 px, 8 to 51 of 64 codes differ
-from the separate run and pixels by 12-37 levels of 255 on average (another seed: 66-76).
+on kind C (Intel Xeon, family 6 model 167, one thread) with batched kernels: after 8 steps at 64 px, 8 to 51
+of 64 codes differ from the separate run and pixels by 12-37 levels of 255 on average (another seed: 66-76).
 
 So the tests compare in two ways:
-- with ONE-IMAGE KERNELS (a fixture runs the decoder and CLIP one image, CUTN cutouts, a call inside the
-  batched step, so the batched step rounds exactly as a separate run): everything that is the image's own
-  (its seed, init, cutouts, augmentations, noise, roll, story phases, optimiser, record) must give the
-  separate run's pixels exactly: TOLERANCE 0 levels;
-- with the batched kernels as they run: the first step's loss, computed on the initial latent and the first
-  cutouts before any update, within LOSS_RTOL of the separate run's (other seeds differ by far more).
+- as the CPU runs it: everything that is the image's own (its seed, init, cutouts, augmentations, noise,
+  roll, story phases, optimiser, record) must give the separate run's pixels exactly: TOLERANCE 0 levels;
+- with the batched kernels a GPU runs (forced here on the CPU): the first step's loss, computed on the
+  initial latent and the first cutouts before any update, within LOSS_RTOL of the separate run's (other seeds
+  differ by far more).
 Each image is written with its own record (its seed, n = 1, batch images and index), and `vqclip replay` runs
-it alone: the separate run's pixels, bit for bit.
+it alone: on the CPU, the batched image's pixels and the separate run's, bit for bit.
 """
 
 import json
@@ -31,7 +30,7 @@ from vqclip.errors import OutOfMemoryError
 from vqclip.memory import MARGIN, estimate, make_plan
 from vqclip.metadata import read_record
 
-TOLERANCE = 0  # levels of 255: a batched image against its separate run, with one-image kernels
+TOLERANCE = 0  # levels of 255: a batched image against its separate run, on the CPU
 LOSS_RTOL = 1e-4  # the first step's loss, batched kernels against one image's (measured: up to 3.2e-5)
 CUTN = 8
 SHAPES = ["--vqgan", "shapes_f8", "--clip", "shapes-a", "--size", "64", "--cutn", str(CUTN), "--steps", "8"]
@@ -48,18 +47,12 @@ def diff(a, b) -> int:
 
 
 @pytest.fixture
-def one_image_kernels(monkeypatch):
-    """The decoder and CLIP called one image (CUTN cutouts) at a time inside the batched step: it then rounds
-    exactly as a separate run, and what is left to compare is what each image has of its own."""
-    from vqclip.models.clip import ClipModel
-    from vqclip.models.vqgan import VQGAN
-
-    decode, encode = VQGAN.decode, ClipModel.encode_image
-    monkeypatch.setattr(VQGAN, "decode", lambda self, z, *a: torch.cat([decode(self, x, *a) for x in z.split(1)]))
-    monkeypatch.setattr(ClipModel, "encode_image", lambda self, x: torch.cat([encode(self, c) for c in x.split(CUTN)]))
+def batched(monkeypatch):
+    """The kernels batched over the images, as on a GPU."""
+    monkeypatch.setattr("vqclip.optimize.batched_kernels", lambda device: True)
 
 
-def test_n_images_are_their_seeds_separate_runs_each_recorded_and_replayed_alone(tmp_path, vq, one_image_kernels):
+def test_n_images_are_their_seeds_separate_runs_each_recorded_and_replayed_alone(tmp_path, vq):
     many = vq(*PROMPT, *SHAPES, "--n", "3", "--seed", "5", "-o", f"{tmp_path}/n/", "-q")
     assert many.returncode == 0, many.stderr.decode()
     paths = many.stdout.decode().split()
@@ -84,7 +77,7 @@ def test_n_images_are_their_seeds_separate_runs_each_recorded_and_replayed_alone
     assert diff(paths[0], paths[1]) > 50  # other seeds, other images
 
 
-def test_with_batched_kernels_each_image_starts_as_its_separate_run(tmp_path, vq):
+def test_with_batched_kernels_each_image_starts_as_its_separate_run(tmp_path, vq, batched):
     """One step: its loss is computed on the initial latent and the first cutouts, before the optimiser moves
     anything, so it holds each image's init, cutouts and targets up to the batched kernels' rounding."""
     args = ["a red star on a white background", *PROMPT[1:], *SHAPES[:-1], "1", "-q"]
@@ -112,7 +105,7 @@ def _manifest(outdir) -> dict:
     return {row["line"]: row for row in map(json.loads, (outdir / "manifest.jsonl").read_text().splitlines())}
 
 
-def test_batch_pack_gives_the_unpacked_batch_images(tmp_path, vq, one_image_kernels):
+def test_batch_pack_gives_the_unpacked_batch_images(tmp_path, vq):
     (tmp_path / "p.txt").write_text(PROMPTS)
     runs = {}
     for name, extra in (("plain", []), ("packed", ["--pack", "2"])):

@@ -113,6 +113,15 @@ def _passes(sizes: dict, cutn: int, chunk: int) -> list:
     return passes + ([current] if current else [])
 
 
+def batched_kernels(device: torch.device) -> bool:
+    """Whether a batched step (--n, batch --pack) runs the decoder and CLIP once for all its images (GPUs), or
+    image by image (the CPU). A batched convolution or matmul sums in another order than one image's, and the
+    optimisation amplifies that to other pixels (12-37 levels of 255 after 8 steps at 64 px; tests/test_pack.py),
+    while on the CPU batching gains only 7-11 % (benchmarks/RESULTS.md, "--n"). So on the CPU each image is bit
+    for bit its separate run, and `vqclip replay` of it gives its pixels; a GPU gets the batch's throughput."""
+    return device.type != "cpu"
+
+
 def batch_clip_losses(
     guides: list[Guide], targets: list, pixels: list, generators: list, chunk=None, amp=None, timer=None, scalers=None
 ) -> list:
@@ -135,7 +144,11 @@ def batch_clip_losses(
             cuts = [guides[b].cutouts(pixels[b], draws[b][start : start + n]) for b, start, n in group]
             cuts = cuts[0] if len(cuts) == 1 else torch.cat(cuts)  # (cutouts of the pass, 3, s, s)
         with timer("clip"), amp:
-            embeds = guides[active[0]].clip.encode_image(cuts).float()
+            clip = guides[active[0]].clip
+            if len(group) > 1 and not batched_kernels(cuts.device):  # image by image: see batched_kernels
+                embeds = torch.cat([clip.encode_image(c) for c in cuts.split([n for _, _, n in group])]).float()
+            else:
+                embeds = clip.encode_image(cuts).float()
             parts, offset = [], 0
             for b, _, n in group:
                 mine = embeds if len(group) == 1 else embeds[offset : offset + n]
@@ -208,7 +221,8 @@ def optimize_batch(
 
     Each image keeps everything of its own: its generator (its cutouts, augmentations, noise, roll), its
     targets, its story phases, its optimiser and loss scale, and its skipped steps, so image b is image b's
-    separate run up to float rounding (the batched matmuls and convolutions sum in another order).
+    separate run: bit for bit where the kernels run image by image (the CPU), up to float rounding where
+    they are batched (GPUs: the batched matmuls and convolutions sum in another order; see batched_kernels).
 
     Args:
         vqgan: a frozen VQGAN (vqclip.models.vqgan.VQGAN).
@@ -248,9 +262,12 @@ def optimize_batch(
         phases = [p(i) for p in phase_of]
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        # 1. Decode the quantised latents, all images in one pass.
+        # 1. Decode the quantised latents: all images in one pass, or image by image (batched_kernels).
         with timer("decoder"), amp:
-            image = synth(vqgan, zs[0] if batch == 1 else torch.cat(zs), checkpointing)  # (B, 3, H, W)
+            if batch == 1 or batched_kernels(zs[0].device):
+                image = synth(vqgan, zs[0] if batch == 1 else torch.cat(zs), checkpointing)  # (B, 3, H, W)
+            else:
+                image = torch.cat([synth(vqgan, z, checkpointing) for z in zs])
         # 2. CLIP losses on the cutouts, back-propagated to each image (a leaf) chunk by chunk.
         if tracker is not None:
             with timer("tracker"), amp:
