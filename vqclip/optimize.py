@@ -90,17 +90,19 @@ def loss_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type, growth_interval=100, enabled=dtype == torch.float16)
 
 
-def clip_losses(guide: Guide, targets: list, pixels, generator, chunk=None, amp=None, timer=None, scaler=None) -> list:
+def clip_losses(
+    guide: Guide, targets: list, pixels, generator, chunk=None, amp=None, timer=None, scaler=None, progress=0.0
+) -> list:
     """Back-propagate one CLIP's losses (times the scaler's scale) into `pixels.grad`, `chunk` cutouts at a
     time; return each target's loss, unscaled. All cutouts are drawn before the first chunk, so neither the
-    losses nor the gradient depend on the chunk size."""
+    losses nor the gradient depend on the chunk size; `progress` (step / steps) is the cut method's."""
     if not targets:
         return []
     amp, timer = amp or contextlib.nullcontext(), timer or untimed
     scaler = scaler or loss_scaler(pixels.device, None)
     cutn = guide.cutouts.cutn
     chunk = chunk or cutn
-    draw = guide.cutouts.draw(pixels.shape[2], pixels.shape[3], generator)
+    draw = guide.cutouts.draw(pixels.shape[2], pixels.shape[3], generator, progress)
     totals = [torch.zeros((), device=pixels.device) for _ in targets]
     for start in range(0, cutn, chunk):
         part = draw[start : start + chunk]
@@ -115,13 +117,13 @@ def clip_losses(guide: Guide, targets: list, pixels, generator, chunk=None, amp=
     return totals
 
 
-def region_losses(guide: Guide, pixels, generator, chunk=None, amp=None, timer=None, scaler=None) -> list:
+def region_losses(guide: Guide, pixels, generator, chunk=None, amp=None, timer=None, scaler=None, progress=0.0) -> list:
     """Each region's losses, its cutouts drawn inside its box; the gradient is added into `pixels.grad`."""
     out = []
     for region in guide.regions:
         x0, y0, x1, y1 = region.box
         part = pixels.detach()[:, :, y0:y1, x0:x1].clone().requires_grad_(True)
-        out += clip_losses(guide, region.targets, part, generator, chunk, amp, timer, scaler)
+        out += clip_losses(guide, region.targets, part, generator, chunk, amp, timer, scaler, progress)
         if part.grad is not None:
             pixels.grad[:, :, y0:y1, x0:x1] += part.grad
     return out
@@ -200,8 +202,10 @@ def optimize(
             view = pixels.detach().roll(shift, (2, 3)).requires_grad_(True)
         losses = []
         for guide in guides:
-            losses += clip_losses(guide, guide.phases[phase], view, generator, clip_chunk, amp, timer, scaler)
-            losses += region_losses(guide, pixels, generator, clip_chunk, amp, timer, scaler)
+            losses += clip_losses(
+                guide, guide.phases[phase], view, generator, clip_chunk, amp, timer, scaler, i / steps
+            )
+            losses += region_losses(guide, pixels, generator, clip_chunk, amp, timer, scaler, i / steps)
         if tile and view.grad is not None:
             pixels.grad += view.grad.roll((-shift[0], -shift[1]), (2, 3))
         # 3. Back through the decoder once, plus the pull towards the initial latent and the pixel losses.
