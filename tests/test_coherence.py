@@ -5,7 +5,7 @@ a shape with a speck of its colour beside it is still that shape."""
 import pytest
 from PIL import ImageDraw
 
-from vqclip.shapes.coherence import COHERENT_SHARE, fragment_verdict, measure
+from vqclip.shapes.coherence import COHERENT_SHARE, fragment_verdict, largest_piece, measure
 from vqclip.shapes.judge import load_judge
 from vqclip.shapes.scenes import COLOURS, Placement, Scene, render
 
@@ -49,7 +49,8 @@ def test_three_copies_are_three_pieces_and_not_the_shape(the_judge):
 
 def test_a_speck_beside_the_shape_is_another_piece_but_the_shape_stays_right(the_judge):
     """A small square of the colour beside the shape: two pieces, most of the colour in the shape, and the
-    verdict judges the shape with the speck erased (at least 4 of 5 right; measured 5 of 5)."""
+    verdict judges the shape with the speck erased (the picture it judges has one piece; at least 4 of 5
+    right; measured 5 of 5)."""
     right = 0
     for shape, colour, background in CASES:
         image = render(Scene(shape, colour, background, ONE))
@@ -57,6 +58,9 @@ def test_a_speck_beside_the_shape_is_another_piece_but_the_shape_stays_right(the
         seen = fragment_verdict(image, shape, colour, background, the_judge)
         assert seen["pieces"] == 2 and seen["largest_share"] > COHERENT_SHARE, seen
         right += seen["right_one_piece"]
+        found, piece = measure(image, colour)
+        alone, _ = measure(largest_piece(image, piece, background), colour)  # what the judge is shown
+        assert alone.pieces == 1 and alone.largest_share > 0.99, alone
     assert right >= 4, right
 
 
