@@ -324,8 +324,9 @@ def report(rows: list[dict], out: Path, label: str, header: str) -> None:
 
 def compare(out: Path, labels: list[str]) -> str:
     """Side by side: the runs that every label has (the same prompts and seeds), per recorded step both
-    verdicts and the coherence, the median first right step, and per pair of labels the runs that only one
-    of them got right (fragment-aware verdict, last step)."""
+    verdicts and the coherence, the median first right step, per pair of labels the runs that only one of
+    them got right (fragment-aware verdict, last step), and each label's contact sheet of those runs
+    (OUT/side-LABEL.png) where its images were saved."""
     runs = {}
     for label in labels:
         rows = [json.loads(line) for line in (out / f"{label}.jsonl").read_text().splitlines() if line.strip()]
@@ -353,6 +354,13 @@ def compare(out: Path, labels: list[str]) -> str:
             cells.append(f"{found['median_step']} ({found['cases']} runs)")
         lines.append(f"| median first right step, {name} | " + " | ".join(cells) + " |")
     lines.append("")
+    for label in labels:  # the contact sheets of the shared runs, where their images were saved
+        rows = [runs[label][key] for key in shared]
+        paths = [image_path(out, label, r["seed"], r["records"][-1]["step"]) for r in rows]
+        if rows and all(p.exists() for p in paths):
+            sheet = [r | {"images": [Image.open(p).convert("RGB")]} for r, p in zip(rows, paths, strict=True)]
+            contact_sheet(sheet, out / f"side-{label}.png")
+            lines.append(f"Contact sheet: {out / f'side-{label}.png'}")
     for other in labels[1:]:
         a, b = labels[0], other
         only = [
