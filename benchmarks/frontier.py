@@ -1,5 +1,6 @@
 """The quality-time frontier in the shapes world: the quality suite (benchmarks/quality.py) under one
-setting changed at a time (cutouts, each augmentation, learning rate, cut_pow, precision), as judge
+setting changed at a time (cutouts, each augmentation, learning rate, cut_pow, precision, the cut methods and
+both shipped CLIPs guiding together: issue 25), as judge
 accuracy against wall-clock seconds. Writes JSON lines, a markdown table and a plot (needs the `bench`
 extra: matplotlib):
 
@@ -17,7 +18,8 @@ import os
 import torch
 from quality import RECORDS, first_right, machine, run_suite, settings_parser, suite, summarise
 
-from vqclip.config import DEFAULT_AUGMENTS, LR_SCHEDULES, OPTIMIZERS
+from vqclip.config import CUT_METHODS, DEFAULT_AUGMENTS, LR_SCHEDULES, OPTIMIZERS
+from vqclip.shapes import CLIP_A, CLIP_B
 
 
 def variants() -> dict[str, dict]:
@@ -32,6 +34,8 @@ def variants() -> dict[str, dict]:
     out["bf16"] = {"precision": "bf16"}
     out |= {f"opt {name}": {"optimizer": name} for name in OPTIMIZERS if name != "adam"}
     out |= {f"schedule {name}": {"lr_schedule": name} for name in LR_SCHEDULES if name != "constant"}
+    out |= {f"cut {name}": {"cut_method": name} for name in CUT_METHODS if name != "original"}  # issue 25
+    out["CLIPs A and B"] = {"clip": (CLIP_A, CLIP_B)}  # both guide; CLIP B's scores are then not independent
     return out
 
 

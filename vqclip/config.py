@@ -13,6 +13,19 @@ from vqclip.weights.pretrained import DEFAULT_CLIP, DEFAULT_VQGAN
 RESAMPLES = ("area", "lanczos")
 AUGMENTS = ("affine", "perspective", "jitter", "erasing", "flip", "sharpness")
 DEFAULT_AUGMENTS = ("affine", "perspective", "jitter", "erasing")
+# How the views CLIP sees are made (vqclip.cutouts): crops of the canvas, the whole canvas pooled, or a mix.
+CUT_METHODS = ("original", "latest", "updated", "nrupdated", "pixray", "overview")
+# Each cut method's augmentations when --augment is not given, in the reference's order (the names' settings
+# differ by method: vqclip.cutouts.AUGMENT_SETTINGS). nerdyrodent's `latest` and `nrupdated` take its -aug
+# default (Af Pe Ji Er); `updated` has a fixed list of its own; pixray's views are perspective and jitter.
+METHOD_AUGMENTS = {
+    "original": DEFAULT_AUGMENTS,
+    "latest": DEFAULT_AUGMENTS,
+    "updated": ("flip", "jitter", "sharpness", "affine", "perspective"),
+    "nrupdated": DEFAULT_AUGMENTS,
+    "pixray": ("perspective", "jitter"),
+    "overview": DEFAULT_AUGMENTS,
+}
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INITS = ("tokens", "noise", "gradient", "pixels", "perlin")  # vqclip.inits draws the last three
@@ -61,7 +74,8 @@ class GenerationConfig:
     vqgan: str = DEFAULT_VQGAN  # registry name or checkpoint path
     vqgan_config: str | None = None  # the yaml for a checkpoint path (default: found beside it)
     clip: tuple[str, ...] = (DEFAULT_CLIP,)  # one or more CLIP models; their losses add
-    augment: tuple[str, ...] = DEFAULT_AUGMENTS  # kornia augmentations applied to the cutouts
+    cut_method: str = "original"  # the views CLIP sees: crops, the whole canvas pooled, or a mix (CUT_METHODS)
+    augment: tuple[str, ...] | None = None  # kornia augmentations of the cutouts; None: the cut method's own
     noise_fac: float = 0.1  # maximum std of the noise added to each cutout
     resample: str = "area"  # how cutouts are resized to CLIP's input: exact area averaging or Lanczos+bicubic
     device: str = "auto"  # auto picks CUDA, then MPS, then the CPU
@@ -127,7 +141,10 @@ class GenerationConfig:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("resample", self.resample, RESAMPLES)
-        for name in self.augment:
+        _choice("cut-method", self.cut_method, CUT_METHODS)
+        if isinstance(self.augment, str):
+            raise UsageError("augment is a tuple of names, e.g. augment=('affine', 'jitter'), or None.")
+        for name in self.augment or ():
             _choice("augment", name, AUGMENTS)
         _positive("frames_every", self.frames_every)
         _choice("upscale", self.upscale, (1, 2, 4))
@@ -191,6 +208,11 @@ class GenerationConfig:
         return self.zoom != 1.0 or self.rotate != 0.0 or tuple(self.shift) != (0.0, 0.0)
 
     @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The augmentations that run: the ones named, else the cut method's own (METHOD_AUGMENTS)."""
+        return METHOD_AUGMENTS[self.cut_method] if self.augment is None else tuple(self.augment)
+
+    @property
     def encodes_images(self) -> bool:
         """Whether the run needs the VQGAN's encoder: an init image, a noise init or animation frames."""
         return self.init_image is not None or self.init != "tokens" or self.animated
@@ -215,6 +237,8 @@ class GenerationConfig:
     def from_dict(cls, data: dict) -> "GenerationConfig":
         known = {f.name for f in fields(cls)}
         clean = {k: v for k, v in data.items() if k in known}
+        # a record made before --cut-method existed was made with the crops that are now `original`
+        clean.setdefault("cut_method", "original")
         for key in ("image_prompts", "noise_prompts", "clip", "augment", "size", "shift", "palette", "regions"):
             if isinstance(clean.get(key), list):
                 clean[key] = tuple(clean[key])

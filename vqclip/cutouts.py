@@ -11,6 +11,20 @@ axis, so all cutouts take two batched matmuls, forward and backward, instead of 
 Everything random in a step (boxes, augmentation parameters, noise) is drawn at once for all cutouts from
 an explicit generator (`Cutouts.draw`) and applied to any slice of them (`Cutouts.forward`), so the result
 does not depend on how many cutouts CLIP sees at a time.
+
+The cut method (`--cut-method`, nerdyrodent's `--cut_method`) decides what each view is:
+
+- "original": the random-size crops above (Crowson's notebook; vqclip's default);
+- "updated", "nrupdated": the same crops with nerdyrodent's MakeCutoutsUpdate / MakeCutoutsNRUpdate
+  augmentation settings;
+- "latest" (nerdyrodent's default, MakeCutouts): no crop at all; every view is the whole canvas pooled to
+  CLIP's size, (adaptive average pool + adaptive max pool) / 2, and only the augmentations tell them apart;
+- "pixray": the pooled canvas too, 60 % of the views zoomed into a random square of it (a quarter to 95 % of
+  its area; pixray's RandomResizedCrop, here square) and the rest whole;
+- "overview": a share of whole-canvas pooled views that falls from 3/4 to 1/4 over the run, the rest
+  crops (the overview-plus-inner-crops schedules of later CLIP-guided notebooks: outline first, detail later).
+
+A view of the pooled canvas is a box on it (the whole box for an unzoomed view), resampled like a crop.
 """
 
 import functools
@@ -24,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqclip.colour_jitter import colour_jitter
+from vqclip.config import CUT_METHODS
 from vqclip.determinism import warps_on_cpu
 
 RESAMPLERS = ("area", "lanczos")
@@ -73,17 +88,62 @@ def lanczos_weights(starts: torch.Tensor, sizes: torch.Tensor, full: int, out: i
     return weights.to(starts.device)
 
 
-def build_augmentations(names: tuple[str, ...]) -> nn.ModuleList:
-    """The kornia augmentations by name; "jitter" is the reference's (brightness, contrast, saturation, hue)."""
-    table = {
-        "affine": lambda: K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="border"),
-        "perspective": lambda: K.RandomPerspective(0.7, p=0.7),
-        "jitter": lambda: K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
-        "erasing": lambda: K.RandomErasing((0.1, 0.4), (0.3, 1 / 0.3), same_on_batch=True, p=0.7),
-        "flip": lambda: K.RandomHorizontalFlip(p=0.5),
-        "sharpness": lambda: K.RandomSharpness(0.3, p=0.4),
-    }
-    return nn.ModuleList(table[n]() for n in names)
+POOLED_METHODS = ("latest", "pixray", "overview")  # the methods with views of the whole canvas pooled
+PIXRAY_ZOOMED = 0.6  # pixray's share of zoomed views (its cutn_zoom = int(0.6 * cutn))
+
+# Each augmentation's kornia settings: vqclip's ("original"), and where a cut method's reference sets them
+# otherwise, its own (nerdyrodent's generate.py; pixray's MakeCutouts). "jitter" is brightness, contrast,
+# saturation and hue; nerdyrodent's `latest` and `nrupdated` pad their affine warp with zeros (black).
+AUGMENT_SETTINGS = {
+    "affine": {"degrees": 15, "translate": 0.1, "shear": 5, "p": 0.7, "padding_mode": "border"},
+    "perspective": {"distortion_scale": 0.7, "p": 0.7},
+    "jitter": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.1, "p": 0.7},
+    "erasing": {"scale": (0.1, 0.4), "ratio": (0.3, 1 / 0.3), "same_on_batch": True, "p": 0.7},
+    "flip": {"p": 0.5},
+    "sharpness": {"sharpness": 0.3, "p": 0.4},
+}
+METHOD_SETTINGS = {
+    "latest": {"affine": {"padding_mode": "zeros"}, "sharpness": {"p": 0.5}},
+    "updated": {
+        "affine": {"degrees": 30, "shear": None, "p": 0.8},
+        "perspective": {"distortion_scale": 0.2, "p": 0.4},
+        "jitter": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.01, "hue": 0.01},
+    },
+    "nrupdated": {
+        "affine": {"degrees": 30, "padding_mode": "zeros"},
+        "perspective": {"distortion_scale": 0.5},
+        "sharpness": {"p": 0.5},
+    },
+    "pixray": {
+        "perspective": {"distortion_scale": 0.4},
+        "jitter": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.1, "hue": 0.1, "p": 0.8},
+    },
+}
+_AUGMENTATIONS = {
+    "affine": K.RandomAffine,
+    "perspective": K.RandomPerspective,
+    "jitter": K.ColorJitter,
+    "erasing": K.RandomErasing,
+    "flip": K.RandomHorizontalFlip,
+    "sharpness": K.RandomSharpness,
+}
+
+
+def build_augmentations(names: tuple[str, ...], method: str = "original") -> nn.ModuleList:
+    """The kornia augmentations by name, with the cut method's settings (AUGMENT_SETTINGS, METHOD_SETTINGS)."""
+    overrides = METHOD_SETTINGS.get(method, {})
+    return nn.ModuleList(_AUGMENTATIONS[n](**(AUGMENT_SETTINGS[n] | overrides.get(n, {}))) for n in names)
+
+
+def overview_share(progress: float) -> float:
+    """The "overview" method's share of whole-canvas views at `progress` (0 at the first step, 1 at the end)."""
+    return 0.75 - 0.5 * min(max(progress, 0.0), 1.0)
+
+
+def pool_canvas(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The whole image (1, 3, H, W) pooled to (1, 3, size, size) as nerdyrodent's MakeCutouts does it:
+    (adaptive average pool + adaptive max pool) / 2 (a non-square image is squeezed square)."""
+    return (F.adaptive_avg_pool2d(img, size) + F.adaptive_max_pool2d(img, size)) / 2
 
 
 def _per_sample_keys(aug: nn.Module) -> frozenset[str]:
@@ -99,9 +159,10 @@ def _per_sample_keys(aug: nn.Module) -> frozenset[str]:
 class CutoutDraw:
     """Everything random about `n` cutouts of one step; slicing it selects cutouts."""
 
-    boxes: torch.Tensor  # (n, 3) integer-valued x, y, side, in pixels
+    boxes: torch.Tensor  # (n, 3) integer-valued x, y, side, in pixels of the canvas, or of the pooled canvas
     augment: tuple[tuple[dict, dict], ...]  # per augmentation: (per-cutout parameters, shared parameters)
     noise: torch.Tensor | None  # (n, 3, s, s) noise already scaled by each cutout's factor
+    pooled: torch.Tensor | None = None  # (n,) bool: the box lies on the canvas pooled to s x s (None: none do)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -109,7 +170,8 @@ class CutoutDraw:
     def __getitem__(self, part: slice) -> "CutoutDraw":
         augment = tuple(({k: v[part] for k, v in rows.items()}, shared) for rows, shared in self.augment)
         noise = None if self.noise is None else self.noise[part]
-        return replace(self, boxes=self.boxes[part], augment=augment, noise=noise)
+        pooled = None if self.pooled is None else self.pooled[part]
+        return replace(self, boxes=self.boxes[part], augment=augment, noise=noise, pooled=pooled)
 
 
 class Cutouts(nn.Module):
@@ -123,18 +185,24 @@ class Cutouts(nn.Module):
         augment=(),
         noise_fac: float = 0.1,
         resample: str = "area",
+        method: str = "original",
     ):
         super().__init__()
         if resample not in RESAMPLERS:
             raise ValueError(f"resample must be one of {RESAMPLERS}, not {resample!r}")
+        if method not in CUT_METHODS:
+            raise ValueError(f"method must be one of {CUT_METHODS}, not {method!r}")
         self.cut_size, self.cutn, self.cut_pow, self.noise_fac = cut_size, cutn, cut_pow, noise_fac
+        self.method = method
         self.weights = area_weights if resample == "area" else lanczos_weights
-        self.augs = build_augmentations(tuple(augment))
+        self.augs = build_augmentations(tuple(augment), method)
         self._per_cutout_keys = [_per_sample_keys(aug) for aug in self.augs]
 
-    def draw(self, height: int, width: int, generator: torch.Generator) -> CutoutDraw:
+    def draw(self, height: int, width: int, generator: torch.Generator, progress: float = 0.0) -> CutoutDraw:
         """Boxes, augmentation parameters and noise for `cutn` cutouts of an H x W image, all from
-        `generator` (kornia draws from the global generator, so it runs in a forked one seeded from ours)."""
+        `generator` (kornia draws from the global generator, so it runs in a forked one seeded from ours).
+        `progress` (the step over the steps) sets the "overview" method's share of whole-canvas views.
+        Every method draws the same numbers from `generator`, so the draws after these do not move."""
         n, device = self.cutn, generator.device
         max_size = min(height, width)
         min_size = min(height, width, self.cut_size)
@@ -142,6 +210,9 @@ class Cutouts(nn.Module):
         sizes = (uniform[0] ** self.cut_pow * (max_size - min_size) + min_size).floor()
         x, y = (uniform[1] * (width - sizes + 1)).floor(), (uniform[2] * (height - sizes + 1)).floor()
         boxes = torch.stack([x, y, sizes], 1)
+        pooled = None
+        if self.method in POOLED_METHODS:
+            boxes, pooled = self._pooled_boxes(boxes, uniform, progress)
         seed = int(torch.randint(2**62, (), generator=generator, device=device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -152,7 +223,24 @@ class Cutouts(nn.Module):
         if self.noise_fac:
             facs = torch.rand(n, 1, 1, 1, generator=generator, device=device) * self.noise_fac
             noise = facs * torch.randn(n, 3, self.cut_size, self.cut_size, generator=generator, device=device)
-        return CutoutDraw(boxes, augment, noise)
+        return CutoutDraw(boxes, augment, noise, pooled)
+
+    def _pooled_boxes(self, crops: torch.Tensor, uniform: torch.Tensor, progress: float):
+        """The boxes of a pooled method's views: (0, 0, s) for a whole pooled canvas, a square inside it for
+        pixray's zoomed views (from the same uniforms as the crops), the crops for overview's inner views."""
+        n, s = len(crops), self.cut_size
+        whole = torch.tensor([0.0, 0.0, float(s)], device=crops.device).expand(n, 3)
+        pooled = torch.ones(n, dtype=torch.bool, device=crops.device)
+        if self.method == "latest":
+            return whole.clone(), pooled
+        if self.method == "overview":
+            k = round(n * overview_share(progress))
+            pooled[k:] = False
+            return torch.cat([whole[:k], crops[k:]]), pooled
+        zoomed = int(PIXRAY_ZOOMED * n)  # pixray: the first views zoomed, the rest whole
+        sides = (s * (0.25 + 0.7 * uniform[0, :zoomed]).sqrt()).floor().clamp(1, s)
+        x, y = (uniform[1, :zoomed] * (s - sides + 1)).floor(), (uniform[2, :zoomed] * (s - sides + 1)).floor()
+        return torch.cat([torch.stack([x, y, sides], 1), whole[zoomed:]]), pooled
 
     def _draw_params(self, aug: nn.Module, per_cutout: frozenset[str], n: int) -> tuple[dict, dict]:
         """kornia parameters for n cutouts, split into per-cutout rows and what the batch shares."""
@@ -163,12 +251,11 @@ class Cutouts(nn.Module):
 
     def forward(self, img: torch.Tensor, draw: CutoutDraw) -> torch.Tensor:
         """Cut out the drawn boxes, resample to `cut_size`, augment, add the drawn noise."""
-        _, _, height, width = img.shape
         boxes = draw.boxes.to(img.device)
-        x, y, sizes = boxes.unbind(1)
-        rows = self.weights(y, sizes, height, self.cut_size).to(img.dtype)  # (n, s, H)
-        cols = self.weights(x, sizes, width, self.cut_size).to(img.dtype)  # (n, s, W)
-        cuts = (rows[:, None] @ img @ cols[:, None].transpose(-1, -2)).float()  # (n, 3, s, s)
+        if draw.pooled is None:
+            cuts = self._resample(img, boxes)
+        else:
+            cuts = self._views(img, boxes, draw.pooled.to(img.device))
         # kornia's geometry in fp32 whatever the autocast: in bf16 a perspective's homography solve can come
         # out singular and warp a cutout to NaN (seen within 40 steps on the shapes world's CLIP A)
         with torch.autocast(cuts.device.type, enabled=False):
@@ -184,6 +271,29 @@ class Cutouts(nn.Module):
         if draw.noise is not None:
             cuts = cuts + draw.noise.to(cuts.device)
         return cuts
+
+    def _resample(self, img: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """The square boxes (n, 3) of img (1, 3, H, W), each resampled to (3, s, s) by two batched matmuls."""
+        _, _, height, width = img.shape
+        x, y, sizes = boxes.unbind(1)
+        rows = self.weights(y, sizes, height, self.cut_size).to(img.dtype)  # (n, s, H)
+        cols = self.weights(x, sizes, width, self.cut_size).to(img.dtype)  # (n, s, W)
+        return (rows[:, None] @ img @ cols[:, None].transpose(-1, -2)).float()  # (n, 3, s, s)
+
+    def _views(self, img: torch.Tensor, boxes: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """Crops of the canvas where `pooled` is False; boxes of the pooled canvas where it is True (the whole
+        pooled canvas, shared, where the box is all of it). Returned in the boxes' order."""
+        s = self.cut_size
+        canvas = pool_canvas(img, s)  # (1, 3, s, s)
+        whole = pooled & (boxes[:, 2] >= s)
+        groups = [(~pooled).nonzero().flatten(), whole.nonzero().flatten(), (pooled & ~whole).nonzero().flatten()]
+        parts = [
+            self._resample(img, boxes[groups[0]]),
+            canvas.float().expand(len(groups[1]), -1, -1, -1),
+            self._resample(canvas, boxes[groups[2]]),
+        ]
+        order = torch.cat(groups)
+        return torch.cat(parts)[torch.argsort(order)]
 
 
 # ---- augmentations on devices that lack an op they need ---------------------------------------------

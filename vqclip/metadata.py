@@ -48,7 +48,8 @@ def parameters(result) -> str:
         ("Cutouts", c.cutn),
         ("Cut power", c.cut_pow),
         ("Learning rate", c.lr),
-        ("Augmentations", ",".join(c.augment) or "none"),
+        ("Cut method", c.cut_method),
+        ("Augmentations", ",".join(c.augmentations) or "none"),
         ("Noise", c.noise_fac),
     ]
     if c.init_image:

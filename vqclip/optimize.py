@@ -90,11 +90,14 @@ def loss_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type, growth_interval=100, enabled=dtype == torch.float16)
 
 
-def clip_losses(guide: Guide, targets: list, pixels, generator, chunk=None, amp=None, timer=None, scaler=None) -> list:
+def clip_losses(
+    guide: Guide, targets: list, pixels, generator, chunk=None, amp=None, timer=None, scaler=None, progress=0.0
+) -> list:
     """Back-propagate one CLIP's losses (times the scaler's scale) into `pixels.grad`, `chunk` cutouts at a
     time; return each target's loss, unscaled. All cutouts are drawn before the first chunk, so neither the
-    losses nor the gradient depend on the chunk size. One image: `batch_clip_losses` with a batch of one."""
-    return batch_clip_losses([guide], [targets], [pixels], [generator], chunk, amp, timer, [scaler])[0]
+    losses nor the gradient depend on the chunk size; `progress` (step / steps) is the cut method's. One image:
+    `batch_clip_losses` with a batch of one."""
+    return batch_clip_losses([guide], [targets], [pixels], [generator], chunk, amp, timer, [scaler], progress)[0]
 
 
 def _passes(sizes: dict, cutn: int, chunk: int) -> list:
@@ -123,7 +126,15 @@ def batched_kernels(device: torch.device) -> bool:
 
 
 def batch_clip_losses(
-    guides: list[Guide], targets: list, pixels: list, generators: list, chunk=None, amp=None, timer=None, scalers=None
+    guides: list[Guide],
+    targets: list,
+    pixels: list,
+    generators: list,
+    chunk=None,
+    amp=None,
+    timer=None,
+    scalers=None,
+    progress=0.0,
 ) -> list:
     """`clip_losses` for a batch of images that share one CLIP: image b has its guide (its cutout maker),
     its targets, its pixels (1, 3, H, W) (a leaf; the gradient goes into its `.grad`), its generator and its
@@ -137,7 +148,7 @@ def batch_clip_losses(
     if not active:
         return out
     cutn = guides[active[0]].cutouts.cutn
-    draws = {b: guides[b].cutouts.draw(pixels[b].shape[2], pixels[b].shape[3], generators[b]) for b in active}
+    draws = {b: guides[b].cutouts.draw(*pixels[b].shape[2:], generators[b], progress) for b in active}
     out = [[torch.zeros((), device=p.device) for _ in t] for p, t in zip(pixels, targets, strict=True)]
     for group in _passes(draws, cutn, chunk or cutn * len(active)):
         with timer("cutouts"), amp:
@@ -162,13 +173,13 @@ def batch_clip_losses(
     return out
 
 
-def region_losses(guide: Guide, pixels, generator, chunk=None, amp=None, timer=None, scaler=None) -> list:
+def region_losses(guide: Guide, pixels, generator, chunk=None, amp=None, timer=None, scaler=None, progress=0.0) -> list:
     """Each region's losses, its cutouts drawn inside its box; the gradient is added into `pixels.grad`."""
-    return batch_region_losses([guide], [pixels], [generator], chunk, amp, timer, [scaler])[0]
+    return batch_region_losses([guide], [pixels], [generator], chunk, amp, timer, [scaler], progress)[0]
 
 
 def batch_region_losses(
-    guides: list[Guide], pixels: list, generators: list, chunk=None, amp=None, timer=None, scalers=None
+    guides: list[Guide], pixels: list, generators: list, chunk=None, amp=None, timer=None, scalers=None, progress=0.0
 ):
     """`region_losses` for a batch of images sharing one CLIP (see batch_clip_losses)."""
     out = [[] for _ in pixels]
@@ -176,7 +187,7 @@ def batch_region_losses(
         x0, y0, x1, y1 = region.box
         parts = [p.detach()[:, :, y0:y1, x0:x1].clone().requires_grad_(True) for p in pixels]
         targets = [g.regions[r].targets for g in guides]
-        losses = batch_clip_losses(guides, targets, parts, generators, chunk, amp, timer, scalers)
+        losses = batch_clip_losses(guides, targets, parts, generators, chunk, amp, timer, scalers, progress)
         for b, (p, part) in enumerate(zip(pixels, parts, strict=True)):
             out[b] += losses[b]
             if part.grad is not None:
@@ -289,10 +300,11 @@ def optimize_batch(
             mine = [g[k] for g in guides]
             targets = [g.phases[phase] for g, phase in zip(mine, phases, strict=True)]
             for b, part in enumerate(
-                batch_clip_losses(mine, targets, views, generators, clip_chunk, amp, timer, scalers)
+                batch_clip_losses(mine, targets, views, generators, clip_chunk, amp, timer, scalers, i / steps)
             ):
                 losses[b] += part
-            for b, part in enumerate(batch_region_losses(mine, pixels, generators, clip_chunk, amp, timer, scalers)):
+            regions = batch_region_losses(mine, pixels, generators, clip_chunk, amp, timer, scalers, i / steps)
+            for b, part in enumerate(regions):
                 losses[b] += part
         if tile:
             for p, v, s in zip(pixels, views, shifts, strict=True):

@@ -4,6 +4,7 @@ import click
 
 from vqclip.config import (
     AUGMENTS,
+    CUT_METHODS,
     DEVICES,
     INITS,
     KEEPS,
@@ -122,10 +123,21 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
             help="CLIP model: ARCH/TAG, registry name or CONFIG.json:WEIGHTS; repeat to combine.",
         ),
         click.option(
+            "--cut-method",
+            "-cutm",
+            "--cut_method",
+            "cut_method",
+            type=click.Choice(CUT_METHODS),
+            default=d("cut_method"),
+            show_default=True,
+            help="The views CLIP sees: crops (original, updated, nrupdated), the whole canvas pooled (latest), "
+            "pixray's mix, or overview (whole views giving way to crops over the run).",
+        ),
+        click.option(
             "--augment",
             callback=_augment,
             metavar="LIST",
-            help=f"Comma list of {', '.join(AUGMENTS)}, or none [default: {','.join(d('augment'))}].",
+            help=f"Comma list of {', '.join(AUGMENTS)}, or none [default: the cut method's].",
         ),
         click.option("--noise-fac", default=d("noise_fac"), show_default=True, type=float, help="Cutout noise."),
         click.option(
@@ -293,7 +305,7 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
 
 CONFIG_FIELDS = (
     "size steps seed cutn cut_pow lr init init_image init_weight image_prompts noise_prompts "
-    "change_prompt_every vqgan vqgan_config clip augment noise_fac resample device precision max_memory frames_every "
+    "change_prompt_every vqgan vqgan_config clip cut_method augment noise_fac resample device precision max_memory frames_every "
     "zoom rotate shift transformer base_size anchor temperature top_k top_p refine_steps upscale compile deterministic "
     "optimizer lr_schedule auto_stop keep tv saturation symmetry palette palette_weight regions tile n"
 ).split()

@@ -53,7 +53,9 @@ def build_guides(
     cfg = request.cfg
     out = []
     for k, (clip, per_clip) in enumerate(zip(models.clips, texts, strict=True)):
-        cut = Cutouts(clip.input_size, cfg.cutn, cfg.cut_pow, cfg.augment, cfg.noise_fac, resample=cfg.resample)
+        cut = Cutouts(
+            clip.input_size, cfg.cutn, cfg.cut_pow, cfg.augmentations, cfg.noise_fac, cfg.resample, cfg.cut_method
+        )
         extra = []
         for p in request.image_prompts:
             image = to_tensor(p.image).to(models.device)
