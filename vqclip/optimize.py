@@ -148,6 +148,7 @@ def optimize(
     pixel_loss: Callable[[torch.Tensor], list] | None = None,
     tile: bool = False,
     tracker: Tracker | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> Iterator[OptimStep]:
     """Optimise z in place; yield an OptimStep after each step.
 
@@ -171,8 +172,9 @@ def optimize(
         tile: roll the image by a random offset (drawn from `generator`) before the global prompts' cutouts.
         tracker: optional vqclip.schedules.Tracker: scores each step's image on fixed cutouts, keeps the best
             latent, and ends the loop (before the step) once it says so (--auto-stop).
+        anchor: what `init_weight` pulls towards, if not the initial z (a restyled frame's own codes).
     """
-    z_init = z.detach().clone()
+    z_init = (anchor if anchor is not None else z).detach().clone()
     z_min, z_max = codebook_range(vqgan)
     z.requires_grad_(True)
     opt = make_optimizer(optimizer, [z], lr)

@@ -107,10 +107,12 @@ def optimise(
     progress: ProgressFn = ignore,
     on_step: StepFn | None = None,
     stop_after: int | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> StageResult:
     """Optimise a latent under CLIP guidance for `cfg.steps` steps at `cfg.size`, with `plan`'s memory
     settings. Everything random is seeded from `cfg.seed` before anything random happens; `z` starts from a
-    given latent instead of the request's init (a canvas's refinement). Steps are counted from `first` (the
+    given latent instead of the request's init (a canvas's refinement, a restyled frame), and `anchor` is
+    what --init-weight pulls towards instead of that start (a restyled frame's own codes). Steps are counted from `first` (the
     steps of earlier stages), and the loop ends after step `stop_after` of the whole run."""
     generator = torch.Generator().manual_seed(cfg.seed)
     z = z.clone().float() if z is not None else initial_latent(models, job.request, cfg.size, generator)
@@ -139,6 +141,7 @@ def optimise(
         pixel_loss=pixel_loss if pixel_loss else None,
         tile=cfg.tile,
         tracker=tracker,
+        anchor=anchor,
     )
     with circular(models.vqgan, cfg.tile):
         return _follow(loop, job, models, cfg, z, tracker, stage, first, progress, on_step, stop_after)
