@@ -189,8 +189,9 @@ def test_a_zero_frame_video_is_exit_2(tmp_path, vq):
 def test_starting_from_the_previous_result_flickers_less_than_independent_frames(tmp_path, vq):
     """Relative flicker (the output's mean absolute difference between consecutive frames over the input's)
     of the default coherence against --blend 1 (each frame from its own codes, nerdyrodent's way), 6 frames
-    of a moving red circle at 32 px, 6 steps per frame, over 3 seeds. Measured (kind C): see the asserts'
-    comments; the default must be below 0.8x the independent runs' in each seed and on average."""
+    of a moving red circle at 32 px, 6 steps per frame (the first 18), 4 cutouts, over 3 seeds. The default's
+    over the independent runs' must be below 0.8 in every seed. Measured on kind C (one thread): 0.45, 0.44,
+    0.48; with every start taken from the frame alone (the blend broken on purpose) the two are equal, 1.0."""
     src = tmp_path / "in"
     src.mkdir()
     source = moving_shape(6, 32)
@@ -206,9 +207,8 @@ def test_starting_from_the_previous_result_flickers_less_than_independent_frames
             result = vq(
                 "restyle", src, "a blue circle on a black background", *shapes, "--seed", seed, "--frames", out, *extra
             )
-            assert result.returncode == 0, result.stderr.decode()
+            assert result.returncode == 0, (result.returncode, result.stderr.decode(), result.stdout[-300:])
             frames = [Image.open(p) for p in sorted(out.glob("frame-*.png"))]
             flicker[name] = relative_flicker(frames, source)
         ratios.append(flicker["default"] / flicker["independent"])
-    print("ratios", ratios)
     assert max(ratios) < 0.8, ratios
