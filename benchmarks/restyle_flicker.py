@@ -122,7 +122,7 @@ def _summary(rows):
 
 
 def _gif(rows, path: Path, size: int):
-    """One frame per video frame: the rows side by side (input, default, independent), 2x nearest."""
+    """One frame per video frame: the rows side by side (input, default, independent), 64 colours."""
     from PIL import Image
 
     frames = []
@@ -130,7 +130,7 @@ def _gif(rows, path: Path, size: int):
         sheet = Image.new("RGB", (size * len(rows) + 4 * (len(rows) - 1), size), (128, 128, 128))
         for i, row in enumerate(rows):
             sheet.paste(row[k], (i * (size + 4), 0))
-        frames.append(sheet.resize((sheet.width * 2, sheet.height * 2), Image.Resampling.NEAREST))
+        frames.append(sheet.quantize(64))
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=120, loop=0)
 
