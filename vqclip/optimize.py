@@ -226,6 +226,7 @@ def optimize_batch(
     pixel_loss: Callable[[torch.Tensor], list] | None = None,
     tile: bool = False,
     tracker: Tracker | None = None,
+    anchors: list[torch.Tensor | None] | None = None,
 ) -> Iterator[list[OptimStep]]:
     """Optimise B latents in place, each as it would be optimised alone, with one decoder pass and one CLIP
     pass (per `clip_chunk` cutouts) per step for all of them; yield a list of B OptimSteps after each step.
@@ -256,12 +257,14 @@ def optimize_batch(
         tile: roll each image by a random offset (drawn from its generator) before the global prompts' cutouts.
         tracker: optional vqclip.schedules.Tracker (one image only): scores each step's image on fixed cutouts,
             keeps the best latent, and ends the loop (before the step) once it says so (--auto-stop).
+        anchors: per image, what `init_weight` pulls towards, if not its initial z (a restyled frame's codes).
     """
     batch = len(zs)
     if tracker is not None and batch != 1:
         raise ValueError("a Tracker follows one image; optimise a batch without one")
     phase_of = phase_of or [lambda i: 0] * batch
-    z_inits = [z.detach().clone() for z in zs]
+    anchors = anchors or [None] * batch
+    z_inits = [(a if a is not None else z).detach().clone() for z, a in zip(zs, anchors, strict=True)]
     z_min, z_max = codebook_range(vqgan)
     for z in zs:
         z.requires_grad_(True)

@@ -9,12 +9,13 @@ commands, never at import time.
     progress.py   the one reporter: Progress events as rich bars or JSON lines on stderr
     generate.py   generate, replay
     batch.py      batch
+    restyle.py    restyle
     upscale.py    upscale
     models.py     models list / download / verify / path
     bench.py      bench
 """
 
-from vqclip.cli import batch, bench, generate, models, upscale  # noqa: F401  (importing them registers the commands)
+from vqclip.cli import batch, bench, generate, models, restyle, upscale  # noqa: F401  (importing them registers the commands)
 from vqclip.cli.app import cli, main
 
 __all__ = ["cli", "main"]

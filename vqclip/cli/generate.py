@@ -179,6 +179,11 @@ def replay(image, output, overwrite, offline, quiet, progress):
     from vqclip.metadata import read_record
 
     record = read_record(image)
+    if record.get("restyle"):  # a frame's start came from the frame before it: only the whole restyle remakes it
+        raise UsageError(
+            f"{image} is a frame of `vqclip restyle`, which replay cannot remake alone.",
+            f"Rerun the restyle: {record['restyle'].get('command') or 'vqclip restyle ...'}",
+        )
     try:
         cfg = GenerationConfig.from_dict(record["config"])
     except (TypeError, ValueError) as err:

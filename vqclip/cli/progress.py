@@ -9,7 +9,8 @@ import time
 from vqclip.cli.app import err_console
 from vqclip.events import Progress
 
-UNITS = {"step": "it", "call": "call", "tile": "tile", "image": "image"}
+UNITS = {"step": "it", "call": "call", "tile": "tile", "image": "image", "frame": "frame"}
+OUTER = ("batch", "restyle")  # jobs over many images (prompts, frames): their bar stays above the steps
 
 
 class Reporter:
@@ -73,7 +74,7 @@ class Reporter:
         if note:  # a word from a long job (a download retrying, waiting for another process)
             self.message(f"{event.stage}: {note}" if event.stage else note)
             return
-        if event.job != "batch":
+        if event.job not in OUTER:
             self.latest = event
         if self.mode == "json":
             self._json(event)
@@ -81,19 +82,21 @@ class Reporter:
             self._bar(event)
 
     def _task(self, event: Progress):
-        key = (event.job, "" if event.job == "batch" else event.stage)
+        key = (event.job, "" if event.job in OUTER else event.stage)
         if key not in self.tasks:
-            if event.job != "batch":
-                self._drop_bars(keep="batch")  # a new stage or job: the last one's bar goes
-            label = {"batch": "batch", "optimize": event.stage or "generating"}.get(event.job, event.stage or event.job)
+            if event.job not in OUTER:
+                self._drop_bars()  # a new stage or job: the last one's bar goes
+            label = {"batch": "batch", "restyle": "frames", "optimize": event.stage or "generating"}.get(
+                event.job, event.stage or event.job
+            )
             task = self.progress.add_task(label[:40], total=event.total, rate="", loss="", amount="")
             self.tasks[key] = (task, time.perf_counter(), event.done)  # the rate counts from here
         return self.tasks[key]
 
     def _bar(self, event: Progress) -> None:
         task, start, first = self._task(event)
-        if event.job == "batch":  # a new image starts: its step bars start afresh
-            self._drop_bars(keep="batch")
+        if event.job in OUTER:  # a new image starts: its step bars start afresh
+            self._drop_bars()
             self.progress.update(task, completed=event.done, total=event.total, amount=amount(event))
             return
         elapsed = time.perf_counter() - start
@@ -108,8 +111,8 @@ class Reporter:
             task, completed=event.done, total=event.total, rate=rate_text, loss=loss, amount=amount(event)
         )
 
-    def _drop_bars(self, keep: str) -> None:
-        for key in [k for k in self.tasks if k[0] != keep]:
+    def _drop_bars(self) -> None:
+        for key in [k for k in self.tasks if k[0] not in OUTER]:
             task = self.tasks.pop(key)[0]
             self.progress.remove_task(task)
 

@@ -110,12 +110,14 @@ def optimise(
     progress: ProgressFn = ignore,
     on_step: StepFn | None = None,
     stop_after: int | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> StageResult:
     """Optimise a latent under CLIP guidance for `cfg.steps` steps at `cfg.size`, with `plan`'s memory
     settings. Everything random is seeded from `cfg.seed` before anything random happens; `z` starts from a
-    given latent instead of the request's init (a canvas's refinement). Steps are counted from `first` (the
-    steps of earlier stages), and the loop ends after step `stop_after` of the whole run. One image:
-    `optimise_many` with a batch of one."""
+    given latent instead of the request's init (a canvas's refinement, a restyled frame), and `anchor` is
+    what --init-weight pulls towards instead of that start (a restyled frame's own codes). Steps are counted
+    from `first` (the steps of earlier stages), and the loop ends after step `stop_after` of the whole run.
+    One image: `optimise_many` with a batch of one."""
     zs = [z] if z is not None else None
     return optimise_many(
         [job],
@@ -128,6 +130,7 @@ def optimise(
         progress=progress,
         on_step=on_step,
         stop_after=stop_after,
+        anchors=[anchor] if anchor is not None else None,
     )[0]
 
 
@@ -143,6 +146,7 @@ def optimise_many(
     progress: ProgressFn = ignore,
     on_step: StepFn | None = None,
     stop_after: int | None = None,
+    anchors: list | None = None,
 ) -> list[StageResult]:
     """`optimise` for several images in one batched step (--n, batch --pack): image b is job b at config b,
     with its own generator seeded from its own seed, its own initial latent, guides and story phases, so it
@@ -182,6 +186,7 @@ def optimise_many(
         pixel_loss=pixel_loss if pixel_loss else None,
         tile=cfg.tile,
         tracker=tracker,
+        anchors=anchors,
     )
     with circular(models.vqgan, cfg.tile):
         return _follow(loop, jobs[0], models, cfg, zs, tracker, stage, first, progress, on_step, stop_after)
