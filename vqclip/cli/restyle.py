@@ -16,8 +16,9 @@ from vqclip.errors import UsageError
 from vqclip.pipeline.restyle import DEFAULT_BLEND, DEFAULT_INIT_WEIGHT, DEFAULT_STEPS
 
 # generate's options that a frame-by-frame restyle has no use for: the frame is the init, there is no large
-# canvas, no upscaling and no animation of its own
+# canvas, no upscaling, no animation of its own, and one frame at a time (each starts from the last)
 NOT_FOR_RESTYLE = {
+    "n",
     "init",
     "init_image",
     "transformer",
