@@ -121,7 +121,7 @@ def region_losses(guide: Guide, pixels, generator, chunk=None, amp=None, timer=N
     for region in guide.regions:
         x0, y0, x1, y1 = region.box
         part = pixels.detach()[:, :, y0:y1, x0:x1].clone().requires_grad_(True)
-        out += clip_losses(guide, region.targets, part, generator, chunk, amp, timer, scaler)
+        out += clip_losses(guide, region.targets, region.masked(part), generator, chunk, amp, timer, scaler)
         if part.grad is not None:
             pixels.grad[:, :, y0:y1, x0:x1] += part.grad
     return out
