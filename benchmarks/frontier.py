@@ -9,11 +9,15 @@ extra: matplotlib):
 Each setting's line is written as soon as it finishes; `--resume` keeps the lines already in frontier.jsonl
 (from the same --cases and --steps) and runs only the settings that are missing.
 
+Each line records the wall seconds (the suite's own per-step figure) and the process's CPU seconds (user +
+sys, model loading and judging included), which a shared machine does not inflate.
+
 Tiny models are not the real ones: read the result as a hint, not as evidence for new defaults.
 """
 
 import json
 import os
+import resource
 
 import torch
 from quality import RECORDS, first_right, machine, run_suite, settings_parser, suite, summarise
@@ -36,7 +40,17 @@ def variants() -> dict[str, dict]:
     out |= {f"schedule {name}": {"lr_schedule": name} for name in LR_SCHEDULES if name != "constant"}
     out |= {f"cut {name}": {"cut_method": name} for name in CUT_METHODS if name != "original"}  # issue 25
     out["CLIPs A and B"] = {"clip": (CLIP_A, CLIP_B)}  # both guide; CLIP B's scores are then not independent
+    # at torch's other defaults RMSprop's first steps are ~10x Adam's at the same lr (no bias correction),
+    # and Adagrad's shrink as its sums grow: each also at the lr nerdyrodent's script suggests for it
+    out["opt rmsprop lr 0.01"] = {"optimizer": "rmsprop", "lr": 0.01}
+    out["opt adagrad lr 0.5"] = {"optimizer": "adagrad", "lr": 0.5}
     return out
+
+
+def cpu_seconds() -> float:
+    """User + sys CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def plot(table: dict[str, list[dict]], path) -> None:
@@ -61,19 +75,19 @@ def plot(table: dict[str, list[dict]], path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def markdown(table: dict[str, list[dict]], firsts: dict[str, dict]) -> str:
+def markdown(table: dict[str, list[dict]], firsts: dict[str, dict], cpu: dict[str, float]) -> str:
     steps = [s["step"] for s in next(iter(table.values()))]
     head = " | ".join(f"all @{s}" for s in steps)
     lines = [
-        f"| setting | {head} | shape @{steps[-1]} | colour @{steps[-1]} | CLIP B @{steps[-1]} | s/step | median s to right |",
-        "|---|" + "---:|" * (len(steps) + 5),
+        f"| setting | {head} | shape @{steps[-1]} | colour @{steps[-1]} | CLIP B @{steps[-1]} | s/step | CPU s | median s to right |",
+        "|---|" + "---:|" * (len(steps) + 6),
     ]
     for label, summary in table.items():
         accs = " | ".join(f"{s['all']:.0%}" for s in summary)
         last = summary[-1]
         lines.append(
             f"| {label} | {accs} | {last['shape']:.0%} | {last['colour']:.0%} | {last['clip_b_top1']:.0%} | "
-            f"{last['seconds_per_step']:.3f} | {firsts[label]['median_seconds']} |"
+            f"{last['seconds_per_step']:.3f} | {cpu.get(label, '')} | {firsts[label]['median_seconds']} |"
         )
     return "\n".join(lines)
 
@@ -91,21 +105,24 @@ def main():
         chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "frontier.jsonl"
-    table, firsts = {}, {}
+    table, firsts, cpu = {}, {}, {}
     if args.resume and path.exists():
         for line in path.read_text().splitlines():
             row = json.loads(line)
             if row["summary"][-1]["step"] != records[-1] or row.get("cases") not in (None, args.cases):
                 raise SystemExit(f"{path} holds a run with other --steps or --cases; resume it with the same ones.")
             table[row["label"]], firsts[row["label"]] = row["summary"], row["first_right"]
+            if "cpu_seconds" in row:
+                cpu[row["label"]] = row["cpu_seconds"]
         print(f"resuming: {len(table)} settings already in {path}", flush=True)
     with open(path, "a" if args.resume else "w") as f:
         for label, overrides in chosen.items():
             if label in table:
                 continue
-            env = machine()
+            env, start = machine(), cpu_seconds()
             rows = run_suite(suite(args.cases), records, log=lambda _: None, **overrides)
             env["load_after"] = [round(v, 2) for v in os.getloadavg()]
+            cpu[label] = round(cpu_seconds() - start, 1)
             table[label], firsts[label] = summarise(rows), first_right(rows)
             f.write(
                 json.dumps(
@@ -116,16 +133,18 @@ def main():
                         "machine": env,
                         "summary": table[label],
                         "first_right": firsts[label],
+                        "cpu_seconds": cpu[label],
                     }
                 )
                 + "\n"
             )
             f.flush()
             print(
-                f"{label}: {[round(s['all'], 3) for s in table[label]]} {table[label][-1]['seconds_per_step']:.3f} s/step load {env['load_after']}",
+                f"{label}: {[round(s['all'], 3) for s in table[label]]} {table[label][-1]['seconds_per_step']:.3f} s/step "
+                f"{cpu[label]} CPU s load {env['load_after']}",
                 flush=True,
             )
-    print(markdown(table, firsts))
+    print(markdown(table, firsts, cpu))
     try:
         plot(table, args.out / "frontier.png")
     except ImportError:

@@ -221,3 +221,125 @@ def test_the_drop_schedule_and_the_optimizer_reach_the_loop(fixtures, tiny_clip)
     assert late_over_early(_latents(fixtures, tiny_clip, lr_schedule="constant")) > 0.5
     finals = [_latents(fixtures, tiny_clip, steps=2, optimizer=name)[1] for name in OPTIMIZERS]
     assert all(not torch.equal(a, b) for i, a in enumerate(finals) for b in finals[i + 1 :])
+
+
+# ---- mask-image regions ------------------------------------------------------------------------------
+
+
+def _mask(path, size=(40, 40), white=None):
+    """A black PNG with a white disc (or the box `white`, in pixels) at `path`."""
+    from PIL import ImageDraw
+
+    image = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(image)
+    if white == "disc":
+        draw.ellipse((4, 8, 28, 32), fill=255)
+    elif white is not None:
+        draw.rectangle(white, fill=255)
+    image.save(path)
+    return path
+
+
+def test_bad_masks_are_exit_2_before_any_model_loads(tmp_path, vq):
+    """A missing mask, a file that is not an image, a mask with no white: one sentence, exit 2, nothing
+    loaded (--offline with an empty cache would be exit 3)."""
+    (tmp_path / "notes.png").write_text("not an image")
+    _mask(tmp_path / "black.png")
+    cases = [
+        ("missing.png:a cat", "Region mask missing.png does not exist"),
+        ("notes.png:a cat", "is not an image that can be read"),
+        ("black.png:a cat", "has no white area"),
+        ("black.png:", "has no prompt text after its mask image"),
+    ]
+    for region, message in cases:
+        r = vq("a cat", "--region", region, "--offline", cwd=tmp_path)
+        assert r.returncode == 2, (region, r.stderr.decode())
+        err = r.stderr.decode()
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+
+
+def test_mask_region_syntax_and_mask_on_the_canvas(tmp_path):
+    """A head of numbers and commas is a box, anything else a mask's path (a Windows drive's colon kept);
+    the mask is stretched to the canvas, and its box is the white area's bounding box."""
+    from vqclip.regions import is_mask, with_mask
+
+    assert not is_mask("0,0,1:x") and is_mask("sky.png:x") and is_mask(r"C:\masks\sky.png:a sky:2")
+    r = parse_region(r"C:\masks\sky.png:a sky: at night:2:0.5")
+    assert r.mask_path == r"C:\masks\sky.png" and r.prompt == type(r.prompt)("a sky: at night", 2, 0.5)
+    path = _mask(tmp_path / "m.png", (40, 40), white=(10, 0, 29, 19))  # the top-middle 20 x 20
+    with Image.open(path) as im:
+        r = with_mask(parse_region(f"{path}:a sun"), str(path), "0" * 64, im.copy())
+    mask = r.mask_at(80, 40)  # stretched twice as wide
+    assert mask.shape == (40, 80) and mask.sum() == 40 * 20 and r.pixels(80, 40) == (20, 0, 60, 20)
+    tiny = _mask(tmp_path / "dot.png", (400, 400), white=(200, 200, 200, 200))  # one white pixel in 160000
+    with Image.open(tiny) as im:
+        dot = with_mask(parse_region(f"{tiny}:a dot"), str(tiny), "0" * 64, im.copy())
+    assert dot.mask_at(32, 32).sum() >= 1  # a white area too small for the canvas still draws somewhere
+
+
+def test_a_mask_regions_cutouts_see_and_pull_only_the_mask(fixtures, tiny_clip, tmp_path):
+    """The region's cutouts are drawn inside the mask's bounding box and see the outside of the mask as
+    flat grey: its gradient on the image is zero everywhere outside the white disc and non-zero inside
+    it; the same holds for what --keep best scores. Broken (the mask not applied, the box alone): the
+    gradient reaches the box's corners outside the disc and the test fails."""
+    from vqclip.cutouts import Cutouts
+    from vqclip.guidance import Guide, RegionTargets, Target
+    from vqclip.optimize import region_losses
+    from vqclip.pipeline.load import load_models
+    from vqclip.regions import with_mask
+
+    cfg = GenerationConfig("x", vqgan=str(fixtures / "vqgan_tiny_f16.ckpt"), clip=(tiny_clip,), precision="fp32")
+    clip = load_models(cfg).clips[0]
+    path = _mask(tmp_path / "disc.png", white="disc")
+    with Image.open(path) as im:
+        region = with_mask(parse_region(f"{path}:a cat"), str(path), "0" * 64, im.copy())
+    target = Target(torch.randn(clip.embed_dim, generator=torch.Generator().manual_seed(0)))
+    rt = RegionTargets.of(region, (64, 64), [target], "cpu")
+    guide = Guide(clip, Cutouts(clip.input_size, 8, augment=("affine",)), [[]], [rt])
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    image.grad = torch.zeros_like(image)
+    (loss,) = region_losses(guide, image, torch.Generator().manual_seed(2))
+    inside = torch.from_numpy(region.mask_at(64, 64))
+    pulled = image.grad.abs().sum(1)[0] > 0  # (64, 64)
+    rows, cols = torch.nonzero(inside, as_tuple=True)
+    tight = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+    assert math.isfinite(float(loss)) and rt.box == region.pixels(64, 64) == tight
+    assert not pulled[~inside].any(), int(pulled[~inside].sum())
+    assert pulled[inside].float().mean() > 0.9
+    # what CLIP sees outside the disc is grey whatever the image holds there
+    x0, y0, x1, y1 = rt.box
+    part = image.detach()[0, :, y0:y1, x0:x1]
+    seen, mask = rt.masked(part[None])[0], rt.mask[0, 0]
+    assert torch.all(seen[:, ~mask] == 0.5) and torch.equal(seen[:, mask], part[:, mask])
+    tracker = Tracker(seed=1)
+    scored = tracker.guide_loss([guide], 0, image.detach())
+    noisy = image.detach().clone()
+    noisy[:, :, ~inside] = torch.rand(int((~inside).sum()) * 3).reshape(3, -1)  # only outside the mask
+    assert tracker.guide_loss([guide], 0, noisy) == scored
+
+
+def test_a_mask_region_is_recorded_replayed_and_checked(fixtures, tiny_clip, tmp_path, vq):
+    """A mask region through the CLI: the config records the mask's resolved path, `inputs` its sha256;
+    a mask whose white area is a box draws the same pixels as that box; replay gives the same pixels from
+    another folder, and refuses once the mask file has changed."""
+    models = ["--vqgan", fixtures / "vqgan_tiny_f16.ckpt", "--clip", tiny_clip, "--size", "64", "--cutn", "2"]
+    args = [*models, "--steps", "3", "--precision", "fp32", "--seed", "5", "-q", "--region", "0.5,0,1,1:a pear"]
+    left = _mask(tmp_path / "left.png", (64, 64), white=(0, 0, 31, 63))  # exactly the box 0,0,0.5,1
+    r = vq("a fruit bowl", *args, "--region", "left.png:a red apple:1.5", "-o", tmp_path / "mask.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    box = vq("a fruit bowl", *args, "--region", "0,0,0.5,1:a red apple:1.5", "-o", tmp_path / "box.png")
+    assert box.returncode == 0, box.stderr.decode()
+    pixels, record, params = _pixels(tmp_path / "mask.png")
+    assert pixels == _pixels(tmp_path / "box.png")[0]
+    from vqclip.weights.cache import sha256_file
+
+    assert record["config"]["regions"] == ["0.5,0,1,1:a pear", f"{left.resolve()}:a red apple:1.5"]
+    assert record["inputs"] == {str(left.resolve()): sha256_file(left)}
+    assert f"{left.resolve()}:a red apple:1.5" in params
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = vq("replay", tmp_path / "mask.png", "-q", "-o", tmp_path / "again.png", cwd=elsewhere)
+    assert again.returncode == 0 and _pixels(tmp_path / "again.png")[0] == pixels, again.stderr.decode()
+    _mask(left, (64, 64), white=(0, 0, 20, 63))
+    changed = vq("replay", tmp_path / "mask.png", "-q", "-o", tmp_path / "changed.png")
+    assert changed.returncode == 2 and "has changed since" in changed.stderr.decode()

@@ -82,20 +82,23 @@ def test_tv_smooths_by_a_third_and_keeps_the_prompt(models, plain, the_judge):
 PALETTE = ("black", "white", "orange")
 
 
-@pytest.mark.xfail(strict=True, reason="the VQGAN draws orange lighter than PIL's orange; see the docstring")
-def test_palette_puts_nine_pixels_in_ten_near_a_palette_colour(models, plain, the_judge):
-    """--palette black,white,orange: at least 90 % of the pixels within 0.25 (RGB in 0..1) of a palette
-    colour, where the plain runs have 82 % and 86 % (seeds 1, 2). NOT MET, so marked xfail (strict: it
-    fails loudly once it passes): measured with --palette-weight 10, 83 % and 89 %; seed 1 with weight
-    100, 86 %, with weight 400, 81 %: the loss works (the image turns to orange and white patches, the
-    black drops out), but the orange this VQGAN draws is lighter than PIL's (255, 165, 0) by more than 0.25.
-    Broken (the palette term dropped): the plain runs' 82 % and 86 %."""
+def test_palette_puts_nine_pixels_in_ten_near_a_palette_colour(models, the_judge):
+    """--palette black,white,orange --palette-weight 5, 80 steps (the loss needs them: the guidance draws
+    the prompt first): at least 90 % of the pixels within 0.25 (Euclidean, RGB in 0..1) of a palette colour,
+    and more than without it, on every seed, with the prompt still judged right (colour and background).
+    Measured on seeds 1, 2, 3: 84.5 %, 90.5 %, 88.0 % without it, 91.2 %, 92.1 %, 93.0 % with it (a margin
+    of 1.2 to 3.0 points over the target), all three judged orange on black. At 40 steps the same weight
+    gave 83-90 %, and weight 10 at 80 steps 91.5-92.6 % but a background judged white on seed 1; squaring the
+    distance did worse (77-88 % at 40 steps). The VQGAN's own round trip of a rendered orange circle on black reaches 94-95 %
+    (its edges are soft), so the target needs few, large blobs. Broken (the palette term dropped): the
+    plain runs' figures, below 90 % on seed 1, the test fails."""
     colours = parse_palette(",".join(PALETTE))
-    paletted = with_control(models, seeds=SEEDS[:2], palette=PALETTE, palette_weight=10.0)
-    for s in SEEDS[:2]:
-        assert palette_fraction(plain[s], colours) < 0.9
-        assert palette_fraction(paletted[s], colours) >= 0.9, (s, palette_fraction(paletted[s], colours))
-        assert right(paletted[s], the_judge)
+    plain = with_control(models, steps=80)
+    paletted = with_control(models, steps=80, palette=PALETTE, palette_weight=5.0)
+    for s in SEEDS:
+        before, after = palette_fraction(plain[s], colours), palette_fraction(paletted[s], colours)
+        assert after >= 0.9 and after > before, (s, before, after)
+        assert right(paletted[s], the_judge), (s, judge(paletted[s], the_judge)[0])
 
 
 def test_tile_closes_the_seams(models, plain):
@@ -123,6 +126,33 @@ def test_regions_put_each_colour_in_its_own_half(models, the_judge):
         w, h = image.size
         left, right_half = judge([image.crop((0, 0, w // 2, h)), image.crop((w // 2, 0, w, h))], the_judge)
         both += left.colour == "red" and right_half.colour == "blue"
+    assert both >= 2, both
+
+
+def test_mask_regions_put_each_colour_in_its_own_triangle(models, the_judge, tmp_path):
+    """No global prompt, two mask images split along the diagonal: "a red circle" where the top-left
+    triangle is white, "a blue square" where the bottom-right one is. The judge, run on the top-left and the
+    bottom-right quarter (each inside its own triangle), finds red and blue in at least 2 of 3 seeds
+    (measured 3 of 3: red and blue in their quarters on seeds 1, 2 and 3). The mask's part in it is checked
+    in tests/test_controls.py (the region's gradient is zero outside the mask; with the mask not applied it
+    reaches the box's corners, and that test fails)."""
+    from PIL import Image, ImageDraw
+
+    masks = []
+    for name, corner in (("top-left", (0, 0)), ("bottom-right", (95, 95))):
+        image = Image.new("L", (96, 96), 0)
+        ImageDraw.Draw(image).polygon([corner, (95, 0), (0, 95)], fill=255)
+        image.save(tmp_path / f"{name}.png")
+        masks.append(tmp_path / f"{name}.png")
+    regions = (f"{masks[0]}:a red circle", f"{masks[1]}:a blue square")
+    cfg = replace(BASE, prompt="", regions=regions)
+    both = 0
+    for s in SEEDS:
+        image = generate(replace(cfg, seed=s), models=models).image
+        w, h = image.size
+        quarters = [image.crop((0, 0, w // 2, h // 2)), image.crop((w // 2, h // 2, w, h))]
+        top_left, bottom_right = judge(quarters, the_judge)
+        both += top_left.colour == "red" and bottom_right.colour == "blue"
     assert both >= 2, both
 
 

@@ -104,7 +104,7 @@ class GenerationConfig:
     symmetry: float = 0.0  # weight of the left-right mirror loss
     palette: tuple[str, ...] = ()  # colour names or hex: pixels are pulled to the nearest one
     palette_weight: float = 1.0  # weight of the palette loss (with palette)
-    regions: tuple[str, ...] = ()  # "X0,Y0,X1,Y1:PROMPT[:W[:STOP]]": prompts whose cutouts lie in a box
+    regions: tuple[str, ...] = ()  # "X0,Y0,X1,Y1:PROMPT[:W[:STOP]]" or "MASK:PROMPT...": cutouts in a box or mask
     tile: bool = False  # seamless tiling: the image is rolled by a random offset before each step's cutouts
     n: int = 1  # images of this prompt in one batched step; image i has seed + i (each recorded with n = 1)
 

@@ -72,7 +72,27 @@ class Guide:
 @dataclass
 class RegionTargets:
     """A region prompt as a guide sees it: its box in pixels (x0, y0, x1, y1) and its targets, whose
-    cutouts are drawn inside the box."""
+    cutouts are drawn inside the box; a mask region's box is its mask's bounding box, and what lies in the box
+    outside the mask is shown as flat grey (vqclip.regions)."""
 
     box: tuple[int, int, int, int]
     targets: list  # list[Target]
+    mask: torch.Tensor | None = None  # (1, 1, y1 - y0, x1 - x0) bool: True where the region draws
+
+    @classmethod
+    def of(cls, region, size: tuple[int, int], targets: list, device) -> "RegionTargets":
+        """A vqclip.regions.Region on a canvas of `size` (w, h)."""
+        box, mask = region.pixels(*size), region.mask_at(*size)
+        if mask is not None:
+            x0, y0, x1, y1 = box
+            mask = torch.from_numpy(mask[y0:y1, x0:x1].copy())[None, None].to(device)
+        return cls(box, targets, mask)
+
+    def masked(self, part: torch.Tensor) -> torch.Tensor:
+        """The box's pixels (B, 3, h, w) as the region's cutouts see them: the mask's outside flat grey, with
+        no gradient there."""
+        if self.mask is None:
+            return part
+        from vqclip.regions import FILL
+
+        return torch.where(self.mask, part, torch.full((), FILL, dtype=part.dtype, device=part.device))

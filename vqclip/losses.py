@@ -70,9 +70,12 @@ class PixelLosses:
             out.append(self.symmetry * (image - image.flip(3)).abs().mean())
         if self.palette and self.palette_weight:
             colours = torch.tensor(self.palette, dtype=image.dtype, device=image.device) / 255  # (K, 3)
-            pixels = image.permute(0, 2, 3, 1).reshape(-1, 3)
-            nearest = torch.cdist(pixels, colours).min(1).values
-            out.append(self.palette_weight * nearest.mean())
+            pixels = image.permute(0, 2, 3, 1).reshape(-1, 3)  # (N, 3)
+            # the exact differences, not cdist's matmul form, whose cancellation gives the pixels already on a
+            # colour a distance of rounding noise and a gradient in a random direction; a pixel exactly on one
+            # (black or white, clamped) gets none
+            squared = (pixels[:, None] - colours[None]).pow(2).sum(-1).min(1).values  # (N,)
+            out.append(self.palette_weight * squared.clamp_min(1e-12).sqrt().mean())
         return out
 
 

@@ -187,7 +187,8 @@ def batch_region_losses(
         x0, y0, x1, y1 = region.box
         parts = [p.detach()[:, :, y0:y1, x0:x1].clone().requires_grad_(True) for p in pixels]
         targets = [g.regions[r].targets for g in guides]
-        losses = batch_clip_losses(guides, targets, parts, generators, chunk, amp, timer, scalers, progress)
+        views = [g.regions[r].masked(part) for g, part in zip(guides, parts, strict=True)]  # a mask's outside: grey
+        losses = batch_clip_losses(guides, targets, views, generators, chunk, amp, timer, scalers, progress)
         for b, (p, part) in enumerate(zip(pixels, parts, strict=True)):
             out[b] += losses[b]
             if part.grad is not None:

@@ -74,7 +74,7 @@ class Tracker:
             parts = [(-1, image, guide.phases[phase])]
             for r, region in enumerate(guide.regions):
                 x0, y0, x1, y1 = region.box
-                parts.append((r, image[:, :, y0:y1, x0:x1], region.targets))
+                parts.append((r, region.masked(image[:, :, y0:y1, x0:x1]), region.targets))
             for r, pixels, targets in parts:
                 if not targets:
                     continue

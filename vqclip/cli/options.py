@@ -205,8 +205,8 @@ def generation_options(f, seed_help: str = "Random seed [default: random, record
             "--region",
             "regions",
             multiple=True,
-            metavar="X0,Y0,X1,Y1:PROMPT[:W[:STOP]]",
-            help="A prompt whose cutouts lie in this box (fractions of the canvas); repeatable.",
+            metavar="X0,Y0,X1,Y1|MASK:PROMPT[:W[:STOP]]",
+            help="A prompt whose cutouts lie in this box (fractions of the canvas) or a mask image's white area; repeatable.",
         ),
         click.option("--tile", is_flag=True, help="Seamless tiling: a random torus roll before each step's cutouts."),
         click.option(

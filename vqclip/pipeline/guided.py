@@ -70,7 +70,7 @@ def build_guides(
             for embeds, phase in zip(per_clip, phases, strict=True)
         ]
         regions = [
-            RegionTargets(r.pixels(*size), [Target(e, r.prompt.weight, r.prompt.stop)])
+            RegionTargets.of(r, size, [Target(e, r.prompt.weight, r.prompt.stop)], models.device)
             for r, e in zip(request.regions, region_texts[k] if region_texts else (), strict=True)
         ]
         out.append(Guide(clip, cut, per_phase, regions))

@@ -60,9 +60,10 @@ class Request:
 
     @property
     def inputs(self) -> dict | None:
-        """{resolved path: sha256} of the input images, for the record (None without any)."""
+        """{resolved path: sha256} of the input images (region masks too), for the record (None without any)."""
         images = ([self.init_image] if self.init_image else []) + list(self.image_prompts)
-        return {i.path: i.sha256 for i in images} or None
+        masks = {r.mask_path: r.sha256 for r in self.regions if r.mask_path is not None}
+        return {i.path: i.sha256 for i in images} | masks or None
 
     @property
     def texts(self) -> list[str]:
@@ -201,18 +202,31 @@ def validate(cfg: GenerationConfig) -> Request:
         image_prompts=tuple(_with_path(item, i.path) for item, i in zip(cfg.image_prompts, image_prompts, strict=True)),
     )
     regions, palette = _controls(cfg)
+    cfg = replace(cfg, regions=tuple(_region_text(item, r) for item, r in zip(cfg.regions, regions, strict=True)))
     return Request(cfg, story, image_prompts, noise_prompts, init, vqgan, clips, upscaler, regions, palette)
 
 
 def _controls(cfg: GenerationConfig) -> tuple[tuple, tuple]:
-    """The parsed --region prompts and --palette colours (the config checked them when it was built)."""
+    """The parsed --region prompts, their mask images read, and the --palette colours (the config checked
+    their syntax when it was built)."""
     from vqclip.losses import parse_palette
-    from vqclip.regions import parse_region
+    from vqclip.regions import parse_region, with_mask
 
-    regions = tuple(parse_region(item) for item in cfg.regions)
-    for region in regions:
+    regions = []
+    for item in cfg.regions:
+        region = parse_region(item)
         check_text(region.prompt.text, "A region's prompt")
-    return regions, parse_palette(cfg.palette)
+        if region.mask_path is not None:
+            region = with_mask(region, *read_image(region.mask_path, "Region mask"))
+        regions.append(region)
+    return tuple(regions), parse_palette(cfg.palette)
+
+
+def _region_text(item: str, region) -> str:
+    """A --region as recorded: a mask's path resolved, so that a replay finds it from any folder."""
+    from vqclip.regions import with_path
+
+    return item if region.mask_path is None else with_path(item, region.mask_path)
 
 
 # ---- outputs (the CLI's) ------------------------------------------------------------------------
