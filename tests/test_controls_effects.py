@@ -11,6 +11,7 @@ suite's shape accuracy is 25 % at 50 steps), colour and background are.
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,21 +85,23 @@ PALETTE = ("black", "white", "orange")
 
 def test_palette_puts_nine_pixels_in_ten_near_a_palette_colour(models, the_judge):
     """--palette black,white,orange --palette-weight 5, 80 steps (the loss needs them: the guidance draws
-    the prompt first): at least 90 % of the pixels within 0.25 (Euclidean, RGB in 0..1) of a palette colour,
-    and more than without it, on every seed, with the prompt still judged right (colour and background).
-    Measured on seeds 1, 2, 3: 84.5 %, 90.5 %, 88.0 % without it, 91.2 %, 92.1 %, 93.0 % with it (a margin
-    of 1.2 to 3.0 points over the target), all three judged orange on black. At 40 steps the same weight
-    gave 83-90 %, and weight 10 at 80 steps 91.5-92.6 % but a background judged white on seed 1; squaring the
-    distance did worse (77-88 % at 40 steps). The VQGAN's own round trip of a rendered orange circle on black reaches 94-95 %
-    (its edges are soft), so the target needs few, large blobs. Broken (the palette term dropped): the
-    plain runs' figures, below 90 % on seed 1, the test fails."""
+    the prompt first): over seeds 1-3, the mean share of pixels within 0.25 (Euclidean, RGB in 0..1) of a
+    palette colour at least 90 %, at least 2 points above the same runs without it, with the prompt still
+    judged right (colour and background) in at least 2 of 3. Measured (kind C): 84.5 %, 90.5 %, 88.0 % without
+    it (mean 87.7 %), 91.2 %, 92.1 %, 93.0 % with it (mean 92.1 %: 2.1 points over the target, 4.4 over the
+    plain runs), all three judged orange on black. At 40 steps the same weight gave 83-90 %, and weight 10 at
+    80 steps 91.5-92.6 % but a background judged white on seed 1; squaring the distance did worse (77-88 % at
+    40 steps). The VQGAN's own round trip of a rendered orange circle on black reaches 94-95 % (its edges
+    are soft), so the target needs few, large blobs. Broken (the palette term dropped): the plain runs'
+    figures, mean 87.7 %, the test fails."""
     colours = parse_palette(",".join(PALETTE))
     plain = with_control(models, steps=80)
     paletted = with_control(models, steps=80, palette=PALETTE, palette_weight=5.0)
-    for s in SEEDS:
-        before, after = palette_fraction(plain[s], colours), palette_fraction(paletted[s], colours)
-        assert after >= 0.9 and after > before, (s, before, after)
-        assert right(paletted[s], the_judge), (s, judge(paletted[s], the_judge)[0])
+    before = np.mean([palette_fraction(plain[s], colours) for s in SEEDS])
+    after = np.mean([palette_fraction(paletted[s], colours) for s in SEEDS])
+    print(f"score palette {after:.3f} plain {before:.3f}")
+    assert after >= 0.9 and after >= before + 0.02, (before, after)
+    assert sum(right(paletted[s], the_judge) for s in SEEDS) >= 2, [judge(paletted[s], the_judge)[0] for s in SEEDS]
 
 
 def test_tile_closes_the_seams(models, plain):
