@@ -139,8 +139,8 @@ def batch_clip_losses(
     """`clip_losses` for a batch of images that share one CLIP: image b has its guide (its cutout maker),
     its targets, its pixels (1, 3, H, W) (a leaf; the gradient goes into its `.grad`), its generator and its
     loss scaler. Each image draws its cutouts from its own generator, as it would alone; the cutouts of all
-    images go through CLIP together, `chunk` cutouts a pass (default: all of them). Returns each image's
-    target losses, unscaled."""
+    images go through CLIP together, `chunk` cutouts a pass (default: all of them), in one call or image by
+    image (`batched_kernels`). Returns each image's target losses, unscaled."""
     amp, timer = amp or contextlib.nullcontext(), timer or untimed
     scalers = [s or loss_scaler(p.device, None) for s, p in zip(scalers or [None] * len(pixels), pixels, strict=True)]
     out = [[] for _ in pixels]
