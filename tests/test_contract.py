@@ -121,14 +121,18 @@ def test_frames_into_a_full_device_never_cost_the_png(f16, tiny_clip, tmp_path):
         assert json.loads(im.text["vqclip"])["complete"] is True
 
 
-def test_output_files_follow_the_umask(f16, tiny_clip, tmp_path, vq):
+def test_output_files_follow_the_umask(f16, tiny_clip, tmp_path, vq, ffmpeg):
+    """The PNG and the video get the user's umask, as any file the user makes (their temporary files start as
+    mkstemp's 0600: a video written through one was left 0600)."""
     old = os.umask(0o002)
     try:
-        r = vq("a cat", *tiny_args(f16, tiny_clip), "--steps", "1", "-o", tmp_path / "cat.png", "-q")
+        args = (*tiny_args(f16, tiny_clip), "--steps", "2", "--frames-every", "1", "--video", tmp_path / "cat.mp4")
+        r = vq("a cat", *args, "-o", tmp_path / "cat.png", "-q")
     finally:
         os.umask(old)
     assert r.returncode == 0, r.stderr.decode()
     assert (tmp_path / "cat.png").stat().st_mode & 0o777 == 0o664
+    assert (tmp_path / "cat.mp4").stat().st_mode & 0o777 == 0o664
 
 
 def test_temporary_files_of_a_killed_writer_are_removed(tmp_path):

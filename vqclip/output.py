@@ -156,11 +156,13 @@ def _still_named(fd: int, path: Path) -> bool:
 def new_temp(folder: Path, suffix: str) -> tuple[int, Path]:
     """A temporary file in `folder` (`.vqclip-PID-RANDOM...`), open and locked for as long as this process
     writes it: other writers (another container, another machine on the same file system) see it is alive
-    whatever its PID means to them. Close it with `release`."""
+    whatever its PID means to them. It has the permissions of the user's umask, like any file the user
+    creates (mkstemp's are 0600), and keeps them when it takes its final name. Close it with `release`."""
     while True:
         fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=suffix, dir=folder)
         path = Path(name)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # ffmpeg, which writes a video over it, keeps the mode too
             locked = _lock(fd)
             # a writer's cleanup may have taken the fresh, not yet locked file for a dead one's: take another
             if locked is not False and _still_named(fd, path):
@@ -231,7 +233,6 @@ def save_png(image: Image.Image, path: str | Path, info=None, overwrite: bool = 
     remove_stale_temps(path.parent)
     fd, tmp = new_temp(path.parent, ".png")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with open(fd, "wb", closefd=False) as f:  # the lock lives as long as `fd`
             image.save(f, format="PNG", pnginfo=info)
         os.fsync(fd)  # complete on disk (and on an NFS server) before it takes the name
