@@ -4,16 +4,7 @@
 #   examples/zoom.sh [PROMPT] [FRAMES_DIR] [more vqclip options...]
 # Offline, or to try it in seconds: add the shapes world's models, --vqgan shapes_f8 --clip shapes-a --size 128.
 set -euo pipefail
-# Which vqclip: $VQCLIP, else `vqclip` on the PATH, else the checkout's .venv (what `make` installs).
-here=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${VQCLIP:-}" ]; then
-  VQCLIP=$(command -v vqclip || true)
-  [ -n "$VQCLIP" ] || VQCLIP=$here/.venv/bin/vqclip
-  if [ ! -x "$VQCLIP" ]; then
-    echo "vqclip is not installed: run make in $here (or pip install -e .), or set VQCLIP=/path/to/vqclip." >&2
-    exit 127
-  fi
-fi
+. "$(dirname "$0")/find-vqclip.sh"  # sets $VQCLIP: $VQCLIP, else vqclip on the PATH, else .venv
 prompt=${1:-"an endless spiral staircase ^ a spiral galaxy"}
 frames=${2:-zoom_frames}
 shift $(( $# < 2 ? $# : 2 ))
