@@ -40,7 +40,16 @@ TINY_CLIP_CFG = {
 # The longest files first. `make test` runs a pytest-xdist worker per core with work stealing: tests are dealt
 # out in this order and an idle worker steals from the end of a busy one's queue, so the long judged runs
 # start at once and the short ones fill in around them (about 15 CPU-minutes in all; these files are 70 %).
-LONGEST_FIRST = ("test_quality.py", "test_controls_effects.py", "test_soak.py", "test_batch.py", "test_newcomer.py")
+LONGEST_FIRST = (
+    "test_quality.py",
+    "test_controls_effects.py",
+    "test_batch.py",
+    "test_generate.py",
+    "test_newcomer.py",
+    "test_restyle.py",
+    "test_soak.py",
+    "test_pack.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -208,6 +208,9 @@ def test_zoom_grows_content_and_shift_moves_it():
 
 
 def test_example_scripts_run_as_written(tmp_path, models, ffmpeg):
+    """`VQCLIP=` picks the vqclip the scripts run, an ffmpeg on the PATH is the one used, and a failing vqclip
+    ends the script with its own code and message. (Every script run after `make` with no ffmpeg on the PATH:
+    tests/test_newcomer.py.)"""
     (tmp_path / "vqclip").write_text(f'#!/bin/sh\nexec {sys.executable} -m vqclip "$@"\n')
     (tmp_path / "vqclip").chmod(0o755)
     env = {**os.environ, "VQCLIP": str(tmp_path / "vqclip")}  # PATH holds the ffmpeg fixture's folder
@@ -216,12 +219,6 @@ def test_example_scripts_run_as_written(tmp_path, models, ffmpeg):
     def example(script, *args):
         return subprocess.run(["bash", ROOT / "examples" / script, *args], env=env, capture_output=True, cwd=tmp_path)
 
-    r = example("batch.sh", ROOT / "examples/prompts.txt", tmp_path / "out", *quick)
-    assert r.returncode == 0, r.stderr.decode()
-    assert len(list((tmp_path / "out").glob("*.png"))) == 3
-    r = example("zoom.sh", "a spiral", tmp_path / "z", *quick, "--frames-every", "1")
-    assert r.returncode == 0, r.stderr.decode()
-    assert len(list((tmp_path / "z").glob("frame-*.png"))) == 3
     r = example("to_video.sh", "a cat", tmp_path / "v.mp4", *quick)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().strip() == str(tmp_path / "v.mp4") and (tmp_path / "v.mp4").stat().st_size > 0

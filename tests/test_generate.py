@@ -259,8 +259,9 @@ def test_a_signal_saves_the_latest_image_with_its_exit_code(f16, tiny_clip, tmp_
     partial = tmp_path / "cat.partial.png"  # never under the final name: a resumed batch redoes it
     assert out.strip() == str(partial) and not (tmp_path / "cat.png").exists()
     assert not (tmp_path / "cat.progress.png").exists()  # the --save-every preview goes with the run
-    assert f"Interrupted ({'Ctrl-C' if signame == 'SIGINT' else signame}) after" in err and str(partial) in err
-    assert err.count("Interrupted") == 1  # said once, by main(), not also by the run
+    said = f"Interrupted ({'Ctrl-C' if signame == 'SIGINT' else signame}) after"
+    assert err.splitlines()[-1].startswith(said) and str(partial) in err  # said plainly, last, not as an error
+    assert err.count("Interrupted") == 1 and "Error" not in err  # said once, by main(), not also by the run
     with Image.open(partial) as im:
         record = json.loads(im.text["vqclip"])
     assert record["steps_done"] >= 3 and record["config"]["steps"] == 100000 and record["complete"] is False
