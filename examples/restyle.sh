@@ -15,4 +15,4 @@ input=$1
 prompt=${2:-"an oil painting by van gogh"}
 video=${3:-restyled.mp4}
 shift $(( $# < 3 ? $# : 3 ))
-"$VQCLIP" restyle "$input" "$prompt" --video "$video" --steps 40 --blend 0.5 "$@"
+"$VQCLIP" restyle "$input" "$prompt" --video "$video" --steps 40 "$@"

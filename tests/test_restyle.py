@@ -108,7 +108,7 @@ def test_a_folder_and_a_glob_give_the_same_frames_in_natural_order(tmp_path, vq)
         assert np.array_equal(np.asarray(image.convert("RGB")), done)  # the same input, the same pixels
         restyle = json.loads(image.text["vqclip"])["restyle"]
         assert restyle["source"] == str((folder / names[k]).resolve()) and restyle["frame"] == k + 1
-        assert restyle["seed"] == 3 and restyle["blend"] == 0.5
+        assert restyle["seed"] == 3 and restyle["blend"] == 0.3
     record = _record(tmp_path / "a" / "frame-00002.png")
     assert record["restyle"]["frame_seed"] != record["restyle"]["seed"]  # derived per frame
     replay = vq("replay", tmp_path / "a" / "frame-00002.png")
@@ -190,8 +190,10 @@ def test_starting_from_the_previous_result_flickers_less_than_independent_frames
     """Relative flicker (the output's mean absolute difference between consecutive frames over the input's)
     of the default coherence against --blend 1 (each frame from its own codes, nerdyrodent's way), 6 frames
     of a moving red circle at 32 px, 6 steps per frame (the first 18), 4 cutouts, over 3 seeds. The default's
-    over the independent runs' must be below 0.8 in every seed. Measured on kind C (one thread): 0.45, 0.44,
-    0.48; with every start taken from the frame alone (the blend broken on purpose) the two are equal, 1.0."""
+    over the independent runs' must be below 0.8 in every seed. Measured on kind C (one thread), restyle's
+    defaults (--blend 0.3, lr 0.2): 0.22, 0.41, 0.36 natively, 0.22, 0.35, 0.36 with AVX2 kernels (at --blend
+    0.5 and lr 0.1: 0.45, 0.44, 0.48); with every start taken from the frame alone (the blend broken on
+    purpose) the two are equal, 1.0."""
     src = tmp_path / "in"
     src.mkdir()
     source = moving_shape(6, 32)
@@ -211,4 +213,5 @@ def test_starting_from_the_previous_result_flickers_less_than_independent_frames
             frames = [Image.open(p) for p in sorted(out.glob("frame-*.png"))]
             flicker[name] = relative_flicker(frames, source)
         ratios.append(flicker["default"] / flicker["independent"])
+    print("score restyle_flicker", [round(r, 3) for r in ratios])
     assert max(ratios) < 0.8, ratios

@@ -13,7 +13,7 @@ from vqclip.cli.options import CONFIG_FIELDS, build_config, generation_options
 from vqclip.cli.progress import Reporter
 from vqclip.config import default
 from vqclip.errors import UsageError
-from vqclip.pipeline.restyle import DEFAULT_BLEND, DEFAULT_INIT_WEIGHT, DEFAULT_STEPS
+from vqclip.pipeline.restyle import DEFAULT_BLEND, DEFAULT_INIT_WEIGHT, DEFAULT_LR, DEFAULT_STEPS
 
 # generate's options that a frame-by-frame restyle has no use for: the frame is the init, there is no large
 # canvas, no upscaling, no animation of its own, and one frame at a time (each starts from the last)
@@ -39,7 +39,8 @@ FLAGS = {"image_prompts": "--image-prompt", "noise_prompts": "--noise-prompt", "
 
 def restyle_options(f):
     """generate's options that make sense per frame, with a restyle's defaults: few steps (each frame starts
-    close to its result), a pull towards the frame, and seed 0 (a resumed run needs the same seed)."""
+    close to its result) at twice a still's learning rate, no pull towards the frame, and seed 0 (a resumed
+    run needs the same seed)."""
 
     def probe():
         pass
@@ -51,6 +52,8 @@ def restyle_options(f):
             p.help = "512 or WIDTHxHEIGHT [default: the input's shape, its longer side at most 512 on CUDA, 256 else]"
         elif p.name == "steps":
             p.default, p.help = DEFAULT_STEPS, "Optimisation steps per frame."
+        elif p.name == "lr":
+            p.default, p.help = DEFAULT_LR, "Adam learning rate (twice a still's: each frame's run is short)."
         elif p.name == "init_weight":
             p.default, p.help = DEFAULT_INIT_WEIGHT, "Pull towards each frame's own codes (follows the input)."
         elif p.name == "change_prompt_every":
@@ -197,7 +200,11 @@ def _with_command(out, source, cfg, coherence, fps):
     always), for the frames' records and the video's metadata."""
     from dataclasses import replace
 
-    defaults = {k: default(k) for k in CONFIG_FIELDS} | {"steps": DEFAULT_STEPS, "init_weight": DEFAULT_INIT_WEIGHT}
+    defaults = {k: default(k) for k in CONFIG_FIELDS} | {
+        "steps": DEFAULT_STEPS,
+        "init_weight": DEFAULT_INIT_WEIGHT,
+        "lr": DEFAULT_LR,
+    }
     args = ["vqclip", "restyle", source, cfg.prompt, "--seed", str(cfg.seed)]
     for name in CONFIG_FIELDS:
         value = getattr(cfg, name)

@@ -29,7 +29,8 @@ from vqclip.prompts import parse_story, phase_at
 
 DEFAULT_STEPS = 40  # per frame after the first: each starts from a picture close to its result (a still takes 300)
 FIRST_STEPS_FACTOR = 3  # the first frame has no previous result to start from: 3x the steps by default
-DEFAULT_BLEND = 0.5  # each start halfway from the previous result to the new frame's codes
+DEFAULT_BLEND = 0.3  # each start 30 % of the way from the previous result to the new frame's codes
+DEFAULT_LR = 0.2  # twice a still's: each frame's run is short (the shapes world: benchmarks/RESULTS.md, issue 27)
 DEFAULT_INIT_WEIGHT = 0.0  # the pull towards the frame's own codes (the blend already moves each start there)
 STATE = ".restyle-state.npz"  # beside the frames: the last finished frame's latent, for --skip-existing
 
