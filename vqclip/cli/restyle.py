@@ -37,6 +37,15 @@ NOT_FOR_RESTYLE = {
 FLAGS = {"image_prompts": "--image-prompt", "noise_prompts": "--noise-prompt", "regions": "--region"}
 
 
+# Where restyle's defaults differ from generate's: the options' defaults, and what a frame's command leaves out.
+RESTYLE_DEFAULTS = {"steps": DEFAULT_STEPS, "lr": DEFAULT_LR, "init_weight": DEFAULT_INIT_WEIGHT}
+RESTYLE_HELP = {
+    "steps": "Optimisation steps per frame.",
+    "lr": "Adam learning rate (twice a still's: each frame's run is short).",
+    "init_weight": "Pull towards each frame's own codes (follows the input).",
+}
+
+
 def restyle_options(f):
     """generate's options that make sense per frame, with a restyle's defaults: few steps (each frame starts
     close to its result) at twice a still's learning rate, no pull towards the frame, and seed 0 (a resumed
@@ -50,12 +59,8 @@ def restyle_options(f):
     for p in params:
         if p.name == "size":
             p.help = "512 or WIDTHxHEIGHT [default: the input's shape, its longer side at most 512 on CUDA, 256 else]"
-        elif p.name == "steps":
-            p.default, p.help = DEFAULT_STEPS, "Optimisation steps per frame."
-        elif p.name == "lr":
-            p.default, p.help = DEFAULT_LR, "Adam learning rate (twice a still's: each frame's run is short)."
-        elif p.name == "init_weight":
-            p.default, p.help = DEFAULT_INIT_WEIGHT, "Pull towards each frame's own codes (follows the input)."
+        elif p.name in RESTYLE_DEFAULTS:
+            p.default, p.help = RESTYLE_DEFAULTS[p.name], RESTYLE_HELP[p.name]
         elif p.name == "change_prompt_every":
             p.help = "Frames per story phase ('^'); 0 splits the frames evenly."
     f.__click_params__ = getattr(f, "__click_params__", []) + params
@@ -200,11 +205,7 @@ def _with_command(out, source, cfg, coherence, fps):
     always), for the frames' records and the video's metadata."""
     from dataclasses import replace
 
-    defaults = {k: default(k) for k in CONFIG_FIELDS} | {
-        "steps": DEFAULT_STEPS,
-        "init_weight": DEFAULT_INIT_WEIGHT,
-        "lr": DEFAULT_LR,
-    }
+    defaults = {k: default(k) for k in CONFIG_FIELDS} | RESTYLE_DEFAULTS
     args = ["vqclip", "restyle", source, cfg.prompt, "--seed", str(cfg.seed)]
     for name in CONFIG_FIELDS:
         value = getattr(cfg, name)
